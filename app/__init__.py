@@ -1,0 +1,1 @@
+"""A multi-user chat server over one continuously batched generation worker."""

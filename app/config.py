@@ -1,0 +1,85 @@
+"""One place for every setting, read from ``CHAT_*`` environment variables.
+
+Command-line flags override single fields with ``dataclasses.replace``; nothing
+else in the code reads the environment, so the README table is the whole truth.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2"
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a whole number") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server, the CLI and the migrations need to agree on."""
+
+    data_dir: Path
+    database_url: str
+    cache_dir: Path
+    model: str = DEFAULT_MODEL
+    host: str = "127.0.0.1"
+    port: int = 7860
+    max_batch_size: int = 16
+    max_queue: int = 64
+    rate_limit: int = 10
+    rate_period: float = 60.0
+    max_input_chars: int = 8000
+    max_new_tokens: int = 256
+    signup: str = "closed"
+    threads: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("CHAT_DATA_DIR") or "./data").expanduser()
+        database_url = env.get("CHAT_DATABASE_URL") or sqlite_url(data_dir / "chat.db")
+        cache_dir = Path(env.get("CHAT_CACHE_DIR") or data_dir / "model-cache").expanduser()
+        signup = (env.get("CHAT_SIGNUP") or "closed").strip().lower()
+        if signup not in {"open", "closed"}:
+            raise SystemExit(f"CHAT_SIGNUP must be 'open' or 'closed', not {signup!r}")
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            cache_dir=cache_dir,
+            model=env.get("CHAT_MODEL") or DEFAULT_MODEL,
+            host=env.get("CHAT_HOST") or "127.0.0.1",
+            port=_int(env, "CHAT_PORT", 7860),
+            max_batch_size=_int(env, "CHAT_MAX_BATCH_SIZE", 16),
+            max_queue=_int(env, "CHAT_MAX_QUEUE", 64),
+            rate_limit=_int(env, "CHAT_RATE_LIMIT", 10),
+            rate_period=_float(env, "CHAT_RATE_PERIOD", 60.0),
+            max_input_chars=_int(env, "CHAT_MAX_INPUT_CHARS", 8000),
+            max_new_tokens=_int(env, "CHAT_MAX_NEW_TOKENS", 256),
+            signup=signup,
+            threads=_int(env, "CHAT_THREADS", 0),
+        )
+
+
+def sqlite_url(path: Path) -> str:
+    """The async SQLite URL for a file path (absolute, so a changed cwd cannot split the data)."""
+    return f"sqlite+aiosqlite:///{path.expanduser().resolve()}"

@@ -1,0 +1,1 @@
+"""Durable storage of users, conversations and messages (with their exact token ids)."""

@@ -1,0 +1,25 @@
+"""Errors the storage layer raises instead of leaking driver exceptions.
+
+Callers (the UI, the CLI) show ``str(error)`` to people, so each message says what
+was wrong in words a tester understands.
+"""
+
+
+class StorageError(Exception):
+    """Base class: anything the storage layer refuses."""
+
+
+class NotFound(StorageError):
+    """The thing does not exist *for this caller*.
+
+    Someone else's conversation raises exactly the same error as an unknown id, so
+    probing ids reveals nothing.
+    """
+
+
+class InvalidInput(StorageError, ValueError):
+    """The value can never be stored as given (too long, bad Unicode, bad role...)."""
+
+
+class Conflict(StorageError):
+    """The value clashes with what is stored (a taken username, an existing id)."""

@@ -1,0 +1,484 @@
+"""Every query the app needs: one function, one transaction, always scoped by owner.
+
+Functions return frozen records, never ORM objects, so nothing lazy-loads after
+its session is gone and nothing the UI holds can write to the database by accident.
+Conversation functions take the owner's user id and filter on it in the same
+query that finds the row: another user's conversation is simply "not found".
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.database import Database
+from storage.errors import Conflict, InvalidInput, NotFound
+from storage.models import (
+    MODEL_NAME_MAX,
+    TITLE_MAX,
+    USERNAME_MAX,
+    Conversation,
+    Message,
+    User,
+    utcnow,
+)
+from storage.tokens import pack_token_ids, unpack_token_ids
+
+ROLES = ("system", "user", "assistant")
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+EXPORT_BATCH = 50
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: int
+    username: str
+    password_hash: str
+    is_admin: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    id: int
+    seq: int
+    role: str
+    content: str
+    token_ids: list[int]
+    params: dict[str, Any] | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    id: str
+    title: str
+    model: str
+    created_at: datetime
+    updated_at: datetime
+    message_count: int = 0
+
+
+@dataclass(frozen=True)
+class ConversationRecord:
+    id: str
+    user_id: int
+    username: str
+    title: str
+    model: str
+    created_at: datetime
+    updated_at: datetime
+    messages: list[MessageRecord] = field(default_factory=list)
+
+    def token_history(self) -> list[int]:
+        """All stored ids in order: exactly what the model saw so far."""
+        return [token for message in self.messages for token in message.token_ids]
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """What a caller supplies to append a message; storage assigns id, seq and time."""
+
+    role: str
+    content: str
+    token_ids: Sequence[int] = ()
+    params: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: int | None = None
+    created_at: datetime | None = None
+
+
+# ---------------------------------------------------------------- validation
+
+
+def check_text(text: str, what: str = "text") -> str:
+    """Refuse strings that cannot be stored as UTF-8 (lone surrogates) or NUL bytes."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidInput(
+            f"{what} contains invalid Unicode (an unpaired surrogate at position {error.start})"
+        ) from None
+    if "\x00" in text:
+        raise InvalidInput(f"{what} contains a NUL character")
+    return text
+
+
+def check_title(title: str) -> str:
+    title = check_text(title, "title").strip()
+    if not title:
+        raise InvalidInput("title is empty")
+    if len(title) > TITLE_MAX:
+        raise InvalidInput(f"title is {len(title)} characters long; at most {TITLE_MAX} allowed")
+    return title
+
+
+def check_username(username: str) -> str:
+    username = check_text(username, "username").strip()
+    if not 1 <= len(username) <= USERNAME_MAX or not USERNAME_PATTERN.match(username):
+        raise InvalidInput(
+            f"username must be 1-{USERNAME_MAX} characters of letters, digits and . _ - @, "
+            "starting with a letter or digit"
+        )
+    return username
+
+
+def _check_message(message: NewMessage) -> None:
+    if message.role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}, not {message.role!r}")
+    check_text(message.content, "message text")
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _user_record(user: User) -> UserRecord:
+    return UserRecord(user.id, user.username, user.password_hash, user.is_admin, user.created_at)
+
+
+def _message_record(message: Message) -> MessageRecord:
+    return MessageRecord(
+        id=message.id,
+        seq=message.seq,
+        role=message.role,
+        content=message.content,
+        token_ids=unpack_token_ids(message.token_ids),
+        params=message.params,
+        finish_reason=message.finish_reason,
+        prompt_tokens=message.prompt_tokens,
+        completion_tokens=message.completion_tokens,
+        latency_ms=message.latency_ms,
+        created_at=message.created_at,
+    )
+
+
+def _summary(conversation: Conversation, message_count: int = 0) -> ConversationSummary:
+    return ConversationSummary(
+        conversation.id,
+        conversation.title,
+        conversation.model,
+        conversation.created_at,
+        conversation.updated_at,
+        message_count,
+    )
+
+
+class Repository:
+    """The storage API. Construct once per process over a :class:`Database`."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    # ------------------------------------------------------------ users
+
+    async def create_user(
+        self, username: str, password_hash: str, *, is_admin: bool = False
+    ) -> UserRecord:
+        username = check_username(username)
+        async with self.database.writer() as session, session.begin():
+            user = User(username=username, password_hash=password_hash, is_admin=is_admin)
+            session.add(user)
+            try:
+                await session.flush()
+            except IntegrityError:
+                raise Conflict(f"user {username!r} already exists") from None
+            return _user_record(user)
+
+    async def get_user(self, username: str) -> UserRecord:
+        async with self.database.reader() as session:
+            user = await session.scalar(select(User).where(User.username == username))
+            if user is None:
+                raise NotFound(f"no user named {username!r}")
+            return _user_record(user)
+
+    async def list_users(self) -> list[UserRecord]:
+        async with self.database.reader() as session:
+            users = await session.scalars(select(User).order_by(User.username))
+            return [_user_record(user) for user in users]
+
+    async def count_users(self) -> int:
+        async with self.database.reader() as session:
+            return int(await session.scalar(select(func.count()).select_from(User)) or 0)
+
+    async def set_password(self, username: str, password_hash: str) -> None:
+        async with self.database.writer() as session, session.begin():
+            result = await session.execute(
+                update(User).where(User.username == username).values(password_hash=password_hash)
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"no user named {username!r}")
+
+    async def delete_user(self, username: str) -> None:
+        """Remove a user and (by cascade) all of their conversations."""
+        async with self.database.writer() as session, session.begin():
+            result = await session.execute(delete(User).where(User.username == username))
+            if result.rowcount == 0:
+                raise NotFound(f"no user named {username!r}")
+
+    # ------------------------------------------------------------ conversations
+
+    async def create_conversation(
+        self,
+        user_id: int,
+        title: str,
+        model: str,
+        *,
+        conversation_id: str | None = None,
+        created_at: datetime | None = None,
+    ) -> ConversationSummary:
+        title = check_title(title)
+        model = check_text(model, "model name")[:MODEL_NAME_MAX]
+        now = created_at or utcnow()
+        async with self.database.writer() as session, session.begin():
+            if await session.get(User, user_id) is None:
+                raise NotFound(f"no user with id {user_id}")
+            conversation = Conversation(
+                id=conversation_id or str(uuid.uuid4()),
+                user_id=user_id,
+                title=title,
+                model=model,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(conversation)
+            try:
+                await session.flush()
+            except IntegrityError:
+                raise Conflict(f"conversation {conversation.id} already exists") from None
+            return _summary(conversation)
+
+    async def _owned(
+        self, session: AsyncSession, user_id: int, conversation_id: str, *, lock: bool = False
+    ) -> Conversation:
+        query = select(Conversation).where(
+            Conversation.id == conversation_id, Conversation.user_id == user_id
+        )
+        if lock:
+            # Serialises appends to one conversation on PostgreSQL; SQLite's
+            # BEGIN IMMEDIATE already holds the database write lock.
+            query = query.with_for_update()
+        conversation = await session.scalar(query)
+        if conversation is None:
+            raise NotFound("conversation not found")
+        return conversation
+
+    async def get_conversation(self, user_id: int, conversation_id: str) -> ConversationRecord:
+        async with self.database.reader() as session:
+            conversation = await self._owned(session, user_id, conversation_id)
+            return await self._load_full(session, conversation)
+
+    async def _load_full(
+        self, session: AsyncSession, conversation: Conversation
+    ) -> ConversationRecord:
+        messages = await session.scalars(
+            select(Message)
+            .where(Message.conversation_id == conversation.id)
+            .order_by(Message.seq)
+        )
+        username = await session.scalar(select(User.username).where(User.id == conversation.user_id))
+        return ConversationRecord(
+            id=conversation.id,
+            user_id=conversation.user_id,
+            username=username or "",
+            title=conversation.title,
+            model=conversation.model,
+            created_at=conversation.created_at,
+            updated_at=conversation.updated_at,
+            messages=[_message_record(message) for message in messages],
+        )
+
+    async def list_conversations(
+        self, user_id: int, *, limit: int = 50, offset: int = 0, search: str | None = None
+    ) -> list[ConversationSummary]:
+        """A user's chats, most recently active first; ``search`` matches titles and text."""
+        limit = max(1, min(int(limit), 500))
+        offset = max(0, int(offset))
+        counts = (
+            select(Message.conversation_id, func.count(Message.id).label("n"))
+            .group_by(Message.conversation_id)
+            .subquery()
+        )
+        query = (
+            select(Conversation, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.conversation_id == Conversation.id)
+            .where(Conversation.user_id == user_id)
+        )
+        if search and search.strip():
+            pattern = "%" + _escape_like(check_text(search.strip(), "search")) + "%"
+            matching_messages = select(Message.conversation_id).where(
+                Message.content.ilike(pattern, escape="\\")
+            )
+            query = query.where(
+                or_(
+                    Conversation.title.ilike(pattern, escape="\\"),
+                    Conversation.id.in_(matching_messages),
+                )
+            )
+        query = query.order_by(Conversation.updated_at.desc(), Conversation.id).limit(limit).offset(offset)
+        async with self.database.reader() as session:
+            rows = await session.execute(query)
+            return [_summary(conversation, count) for conversation, count in rows]
+
+    async def rename_conversation(self, user_id: int, conversation_id: str, title: str) -> None:
+        title = check_title(title)
+        async with self.database.writer() as session, session.begin():
+            conversation = await self._owned(session, user_id, conversation_id)
+            conversation.title = title
+
+    async def delete_conversation(self, user_id: int, conversation_id: str) -> None:
+        async with self.database.writer() as session, session.begin():
+            conversation = await self._owned(session, user_id, conversation_id)
+            await session.execute(delete(Message).where(Message.conversation_id == conversation.id))
+            await session.delete(conversation)
+
+    # ------------------------------------------------------------ messages
+
+    async def append_message(
+        self, user_id: int, conversation_id: str, message: NewMessage
+    ) -> MessageRecord:
+        """Append at the next sequence number; concurrent appends queue, none is lost."""
+        return (await self.append_messages(user_id, conversation_id, [message]))[0]
+
+    async def append_messages(
+        self, user_id: int, conversation_id: str, messages: Sequence[NewMessage]
+    ) -> list[MessageRecord]:
+        """Append several messages in one transaction (all or none)."""
+        for message in messages:
+            _check_message(message)
+        packed = [pack_token_ids(message.token_ids) for message in messages]
+        async with self.database.writer() as session, session.begin():
+            conversation = await self._owned(session, user_id, conversation_id, lock=True)
+            last = await session.scalar(
+                select(func.max(Message.seq)).where(Message.conversation_id == conversation.id)
+            )
+            next_seq = -1 if last is None else last
+            now = utcnow()
+            rows = []
+            for message, blob in zip(messages, packed, strict=True):
+                next_seq += 1
+                row = Message(
+                    conversation_id=conversation.id,
+                    seq=next_seq,
+                    role=message.role,
+                    content=message.content,
+                    token_ids=blob,
+                    params=message.params,
+                    finish_reason=message.finish_reason,
+                    prompt_tokens=message.prompt_tokens,
+                    completion_tokens=message.completion_tokens,
+                    latency_ms=message.latency_ms,
+                    created_at=message.created_at or now,
+                )
+                session.add(row)
+                rows.append(row)
+            conversation.updated_at = max(now, *(row.created_at for row in rows))
+            await session.flush()
+            return [_message_record(row) for row in rows]
+
+    async def delete_messages_from(self, user_id: int, conversation_id: str, seq: int) -> int:
+        """Drop the messages at ``seq`` and after (undo, retry); returns how many went."""
+        async with self.database.writer() as session, session.begin():
+            conversation = await self._owned(session, user_id, conversation_id, lock=True)
+            result = await session.execute(
+                delete(Message).where(Message.conversation_id == conversation.id, Message.seq >= seq)
+            )
+            conversation.updated_at = utcnow()
+            return int(result.rowcount or 0)
+
+    async def import_conversation(
+        self,
+        user_id: int,
+        *,
+        conversation_id: str,
+        title: str,
+        model: str,
+        created_at: datetime,
+        updated_at: datetime,
+        messages: Sequence[NewMessage],
+    ) -> None:
+        """Restore an exported conversation exactly (ids, times, token ids), all or nothing."""
+        if not isinstance(conversation_id, str) or not 1 <= len(conversation_id) <= 36:
+            raise InvalidInput("conversation id must be a string of 1-36 characters")
+        title = check_title(title)
+        model = check_text(model, "model name")[:MODEL_NAME_MAX]
+        for message in messages:
+            _check_message(message)
+        packed = [pack_token_ids(message.token_ids) for message in messages]
+        async with self.database.writer() as session, session.begin():
+            if await session.get(User, user_id) is None:
+                raise NotFound(f"no user with id {user_id}")
+            if await session.get(Conversation, conversation_id) is not None:
+                raise Conflict(f"conversation {conversation_id} already exists")
+            session.add(
+                Conversation(
+                    id=conversation_id,
+                    user_id=user_id,
+                    title=title,
+                    model=model,
+                    created_at=created_at,
+                    updated_at=updated_at,
+                )
+            )
+            await session.flush()
+            for seq, (message, blob) in enumerate(zip(messages, packed, strict=True)):
+                session.add(
+                    Message(
+                        conversation_id=conversation_id,
+                        seq=seq,
+                        role=message.role,
+                        content=message.content,
+                        token_ids=blob,
+                        params=message.params,
+                        finish_reason=message.finish_reason,
+                        prompt_tokens=message.prompt_tokens,
+                        completion_tokens=message.completion_tokens,
+                        latency_ms=message.latency_ms,
+                        created_at=message.created_at or created_at,
+                    )
+                )
+
+    # ------------------------------------------------------------ export
+
+    async def iter_conversations(
+        self, user_id: int | None, conversation_id: str | None = None
+    ) -> AsyncIterator[ConversationRecord]:
+        """Whole conversations for export, oldest first, a batch per short transaction.
+
+        ``user_id=None`` means every user's (the admin CLI). Memory stays bounded by
+        one batch however many chats there are.
+        """
+        query = select(Conversation.id)
+        if user_id is not None:
+            query = query.where(Conversation.user_id == user_id)
+        if conversation_id is not None:
+            query = query.where(Conversation.id == conversation_id)
+        async with self.database.reader() as session:
+            ids = list(await session.scalars(query.order_by(Conversation.created_at, Conversation.id)))
+        if conversation_id is not None and not ids:
+            raise NotFound("conversation not found")
+        for start in range(0, len(ids), EXPORT_BATCH):
+            async with self.database.reader() as session:
+                for cid in ids[start : start + EXPORT_BATCH]:
+                    conversation = await session.get(Conversation, cid)
+                    if conversation is not None:  # deleted since the id list was read
+                        yield await self._load_full(session, conversation)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
