@@ -109,7 +109,7 @@ async def run_export(args: argparse.Namespace, repository: Repository) -> None:
 
 
 async def run_import(args: argparse.Namespace, repository: Repository) -> None:
-    text = Path(args.path).read_text(encoding="utf-8")
+    text = await asyncio.to_thread(Path(args.path).read_text, encoding="utf-8")
     count = await import_json(repository, text, as_user=args.user)
     print(f"imported {count} conversation(s)")
 
