@@ -1,0 +1,41 @@
+"""Turn a growing list of token ids into text deltas that are always valid text.
+
+Byte-level tokenizers split one character over several tokens, and SentencePiece
+ones attach a token's leading space only in context, so decoding token by token
+breaks emoji and loses or doubles spaces. As in TGI and vLLM, each step decodes a
+short window twice (with and without the newest tokens) and emits the difference,
+holding back while the window ends in an incomplete character.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+class IncrementalDecoder:
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text it completes (possibly empty)."""
+        self.ids.append(token_id)
+        prefix_text = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        new_text = self._decode(self.ids[self.prefix_offset :])
+        if len(new_text) > len(prefix_text) and not new_text.endswith(REPLACEMENT_CHAR):
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            return new_text[len(prefix_text) :]
+        return ""
+
+    def full_text(self) -> str:
+        return self._decode(self.ids)
