@@ -15,6 +15,7 @@ Shape of a step, in the spirit of gpt-fast: ``prefill`` -> ``decode_one_token`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -101,10 +102,9 @@ class _Request:
     sampler: RowSampler | None = None
 
     def post(self, item: str | GenerationResult) -> None:
-        try:
+        # RuntimeError: the consumer's loop is gone, so nobody is listening
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-        except RuntimeError:  # the consumer's loop is gone; nobody is listening
-            pass
 
 
 class GenerationStream:
@@ -191,6 +191,7 @@ class Engine:
         self._cache = SlotKVCache(_num_layers(loaded.model), max_batch_size, self.context_length)
         self._steps = 0
         self._generated_tokens = 0
+        self._ready = threading.Event()
 
     # ------------------------------------------------------------ event-loop side
 
@@ -199,6 +200,14 @@ class Engine:
             return
         self._thread = threading.Thread(target=self._run, name="generation-worker", daemon=True)
         self._thread.start()
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has warmed up (True) or ``timeout`` passes (False)."""
+        return await asyncio.to_thread(self._ready.wait, timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
 
     async def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> GenerationStream:
         """Queue a generation; raises at once if it can never run or the queue is full."""
@@ -281,6 +290,7 @@ class Engine:
 
     def _run(self) -> None:
         with torch.inference_mode():
+            self._warm_up()
             while True:
                 newcomers = self._next_work()
                 if newcomers is None:
@@ -291,6 +301,26 @@ class Engine:
                 if self._running:
                     self._decode_step()
         self._cache.release()
+
+    def _warm_up(self) -> None:
+        """Allocate the KV slots and run one decode at every batch size before serving.
+
+        oneDNN builds a kernel per input shape on first use and the slot buffers
+        are allocated on first admission; paying both here keeps them off the
+        first users' time to first token. Requests submitted meanwhile just queue.
+        """
+        started = time.perf_counter()
+        try:
+            dummy = [0] * 8
+            _, prefill_kv = self._prefill([dummy] * self.max_batch_size)
+            for slot in range(self.max_batch_size):
+                self._cache.place(slot, [(k[slot], v[slot]) for k, v in prefill_kv])
+            for batch in range(self.max_batch_size, 0, -1):
+                self._decode_one_token_ids([0] * batch, [len(dummy)] * batch)
+        except Exception:  # warm-up is an optimisation; serving reports real faults
+            log.exception("engine warm-up failed")
+        log.info("engine warmed up in %.1f s", time.perf_counter() - started)
+        self._ready.set()
 
     def _next_work(self) -> list[_Request] | None:
         """Block until there is work; take the newcomers that fit. None means exit."""
@@ -391,15 +421,19 @@ class Engine:
         self._retire_finished()
 
     def _decode_one_token(self, batch: list[_Request], lengths: list[int]) -> torch.Tensor:
+        return self._decode_one_token_ids([r.generated[-1] for r in batch], lengths)
+
+    def _decode_one_token_ids(self, last_tokens: list[int], lengths: list[int]) -> torch.Tensor:
+        """One batched forward step: row i feeds ``last_tokens[i]`` at position ``lengths[i]``."""
         self._cache.prepare_step(lengths)
         kv_length = self._cache.step_kv_length
         allowed = torch.arange(kv_length).unsqueeze(0) <= torch.tensor(lengths).unsqueeze(1)
         dtype = self.model.dtype
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
         output = self.model(
-            input_ids=torch.tensor([[r.generated[-1]] for r in batch], dtype=torch.long),
+            input_ids=torch.tensor(last_tokens, dtype=torch.long).unsqueeze(1),
             position_ids=torch.tensor(lengths, dtype=torch.long).unsqueeze(1),
-            attention_mask=mask.view(len(batch), 1, 1, kv_length),
+            attention_mask=mask.view(len(lengths), 1, 1, kv_length),
             past_key_values=self._cache,
             use_cache=True,
             logits_to_keep=1,
