@@ -56,6 +56,25 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+class FirstTokenClock:
+    """A generate() streamer that notes when the first new token arrives.
+
+    generate() calls ``put`` once with the prompt, then once per new token.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_token_at: float | None = None
+
+    def put(self, _value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
 def run_sequential(loaded: LoadedModel, prompts: list[list[int]], arrivals: list[float], new_tokens: int):
     """The tutorial's predict(): one generate per request, in arrival order, nothing shared."""
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -67,20 +86,7 @@ def run_sequential(loaded: LoadedModel, prompts: list[list[int]], arrivals: list
             wait = start + arrival - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            first_seen: list[float] = []
-
-            class FirstToken:
-                # a streamer's put() is called with the prompt, then with each new token
-                calls = 0
-
-                def put(self, _value: torch.Tensor) -> None:
-                    FirstToken.calls += 1
-                    if FirstToken.calls == 2:
-                        first_seen.append(time.perf_counter())
-
-                def end(self) -> None:
-                    pass
-
+            streamer = FirstTokenClock()
             model.generate(
                 torch.tensor([prompt]),
                 attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
@@ -88,9 +94,10 @@ def run_sequential(loaded: LoadedModel, prompts: list[list[int]], arrivals: list
                 min_new_tokens=new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
-                streamer=FirstToken(),
+                streamer=streamer,
             )
-            first_token_times.append(first_seen[0] - (start + arrival))
+            assert streamer.first_token_at is not None
+            first_token_times.append(streamer.first_token_at - (start + arrival))
     elapsed = time.perf_counter() - start
     return elapsed, first_token_times
 

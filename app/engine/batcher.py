@@ -201,9 +201,9 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="generation-worker", daemon=True)
         self._thread.start()
 
-    async def wait_ready(self, timeout: float | None = None) -> bool:
-        """Wait until the worker has warmed up (True) or ``timeout`` passes (False)."""
-        return await asyncio.to_thread(self._ready.wait, timeout)
+    async def wait_ready(self, max_seconds: float | None = None) -> bool:
+        """Wait until the worker has warmed up (True) or ``max_seconds`` pass (False)."""
+        return await asyncio.to_thread(self._ready.wait, max_seconds)
 
     @property
     def ready(self) -> bool:
