@@ -1,0 +1,493 @@
+"""ChatService: what a tester can do, with every rule enforced in one place.
+
+It composes storage and the engine and knows nothing of Gradio, so the UI only
+wires buttons to these methods and the same rules hold for the browser and for
+anyone calling the API directly. Every method takes the username from the login
+(never from the client) and resolves conversation ids through the repository's
+owner-scoped queries: someone else's chat is indistinguishable from a missing one.
+
+Durability: a user's message is committed before its reply is queued, and the
+reply is committed when it ends for any reason (done, stopped, disconnected,
+failed) with that reason. A reply lost to a crash leaves the user message alone
+at the end of the chat; ``open`` reports it as interrupted and ``retry`` redoes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+import unicodedata
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asyncio_throttle import Throttler
+
+from app.engine import (
+    Engine,
+    EngineBusy,
+    EngineStopped,
+    GenerationResult,
+    GenerationStream,
+    InvalidParams,
+    PromptFormat,
+    PromptTooLong,
+    SamplingParams,
+    Turn,
+)
+from app.export import FILE_SUFFIX, write_export
+from storage.errors import InvalidInput, NotFound
+from storage.repository import ConversationRecord, ConversationSummary, MessageRecord, NewMessage, Repository
+
+log = logging.getLogger(__name__)
+
+TITLE_LENGTH = 60
+WAIT_FOR_RESULT_SECONDS = 10.0
+ALLOWED_CONTROL_CHARACTERS = {"\n", "\t", "\r"}
+
+
+class ChatError(Exception):
+    """A refusal to show the tester as is: says what happened and what to do."""
+
+
+class ConversationNotFound(ChatError):
+    def __init__(self) -> None:
+        super().__init__("Conversation not found. It may have been deleted; pick another from the list.")
+
+
+class Busy(ChatError):
+    """The engine's queue is full; the typed text must be kept for a retry."""
+
+
+class RateLimited(ChatError):
+    pass
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """Per-message settings from the UI's settings panel (validated by SamplingParams)."""
+
+    system_prompt: str = ""
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+    def sampling(self, max_allowed: int) -> SamplingParams:
+        if not 1 <= int(self.max_new_tokens) <= max_allowed:
+            raise ChatError(f"Max new tokens must be between 1 and {max_allowed}.")
+        try:
+            return SamplingParams(
+                temperature=float(self.temperature),
+                top_p=float(self.top_p),
+                max_new_tokens=int(self.max_new_tokens),
+                seed=self.seed,
+            )
+        except (InvalidParams, TypeError, ValueError) as error:
+            raise ChatError(f"Invalid setting: {error}") from None
+
+
+@dataclass(frozen=True)
+class ChatEvent:
+    """One update for the UI while a reply is produced.
+
+    kind: ``conversation`` (the chat id, first for a new chat), ``waiting`` (queue
+    position in ``position``), ``text`` (the reply so far), ``done`` (``message``
+    holds the stored reply).
+    """
+
+    kind: str
+    conversation_id: str
+    text: str = ""
+    position: int | None = None
+    message: MessageRecord | None = None
+
+
+@dataclass
+class _Reply:
+    """What a reply has produced so far, so any ending can persist it."""
+
+    stream: GenerationStream
+    text: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+
+def interrupted(conversation: ConversationRecord) -> bool:
+    """A chat whose last message is a user message never got its reply (crash, restart)."""
+    return bool(conversation.messages) and conversation.messages[-1].role == "user"
+
+
+def check_message_text(text: Any, max_chars: int) -> str:
+    if not isinstance(text, str):
+        raise ChatError("The message must be text.")
+    if not text.strip():
+        raise ChatError("Type a message first: it is empty.")
+    if len(text) > max_chars:
+        raise ChatError(f"The message is {len(text):,} characters long; the limit is {max_chars:,}. Shorten it.")
+    for char in text:
+        if unicodedata.category(char) == "Cc" and char not in ALLOWED_CONTROL_CHARACTERS:
+            raise ChatError(f"The message contains a control character (U+{ord(char):04X}); remove it.")
+        if unicodedata.category(char) == "Cs":
+            raise ChatError("The message contains invalid Unicode (an unpaired surrogate).")
+    return text
+
+
+def title_from(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+class ChatService:
+    def __init__(
+        self,
+        repository: Repository,
+        engine: Engine,
+        prompt_format: PromptFormat,
+        model_name: str,
+        *,
+        max_input_chars: int = 8000,
+        max_new_tokens: int = 1024,
+        rate_limit: int = 10,
+        rate_period: float = 60.0,
+        export_dir: Path | None = None,
+    ) -> None:
+        self.repository = repository
+        self.engine = engine
+        self.prompt_format = prompt_format
+        self.model_name = model_name
+        self.max_input_chars = max_input_chars
+        self.max_new_tokens = max_new_tokens
+        self.rate_limit = rate_limit
+        self.rate_period = rate_period
+        self._throttlers: dict[str, Throttler] = {}
+        self._user_ids: dict[str, int] = {}
+        self.export_dir = export_dir or Path(tempfile.mkdtemp(prefix="chat-exports-"))
+
+    # ------------------------------------------------------------ identity
+
+    async def user_id(self, username: str | None) -> int:
+        if not username:
+            raise ChatError("Please log in.")
+        if username not in self._user_ids:
+            try:
+                self._user_ids[username] = (await self.repository.get_user(username)).id
+            except NotFound:
+                raise ChatError("Your account no longer exists; ask an admin.") from None
+        return self._user_ids[username]
+
+    def forget_user(self, username: str) -> None:
+        self._user_ids.pop(username, None)
+
+    async def _throttle(self, username: str) -> None:
+        """Refuse, rather than delay, a message over the per-user rate.
+
+        asyncio-throttle's ``acquire`` returns at once while under the limit and
+        otherwise waits; a short timeout turns that wait into a clear refusal.
+        """
+        throttler = self._throttlers.setdefault(username, Throttler(self.rate_limit, self.rate_period))
+        try:
+            async with asyncio.timeout(0.05):
+                await throttler.acquire()
+        except TimeoutError:
+            raise RateLimited(
+                f"Slow down: at most {self.rate_limit} messages per {self.rate_period:g} seconds. "
+                "Your message was not sent; try again shortly."
+            ) from None
+
+    # ------------------------------------------------------------ reading
+
+    async def list_conversations(
+        self, username: str | None, search: str = "", limit: int = 100, offset: int = 0
+    ) -> list[ConversationSummary]:
+        user_id = await self.user_id(username)
+        try:
+            return await self.repository.list_conversations(user_id, limit=limit, offset=offset, search=search)
+        except InvalidInput as error:
+            raise ChatError(str(error)) from None
+
+    async def open(self, username: str | None, conversation_id: str) -> ConversationRecord:
+        user_id = await self.user_id(username)
+        if not isinstance(conversation_id, str) or not conversation_id:
+            raise ConversationNotFound()
+        try:
+            return await self.repository.get_conversation(user_id, conversation_id)
+        except NotFound:
+            raise ConversationNotFound() from None
+
+    # ------------------------------------------------------------ changing
+
+    async def rename(self, username: str | None, conversation_id: str, title: str) -> None:
+        user_id = await self.user_id(username)
+        try:
+            await self.repository.rename_conversation(user_id, conversation_id, title)
+        except NotFound:
+            raise ConversationNotFound() from None
+        except InvalidInput as error:
+            raise ChatError(f"Cannot rename: {error}.") from None
+
+    async def delete(self, username: str | None, conversation_id: str) -> None:
+        user_id = await self.user_id(username)
+        try:
+            await self.repository.delete_conversation(user_id, conversation_id)
+        except NotFound:
+            raise ConversationNotFound() from None
+
+    async def undo(self, username: str | None, conversation_id: str) -> ConversationRecord:
+        """Remove the last exchange (the last user message and anything after it)."""
+        conversation = await self.open(username, conversation_id)
+        user_messages = [m for m in conversation.messages if m.role == "user"]
+        if not user_messages:
+            raise ChatError("Nothing to undo.")
+        try:
+            await self.repository.delete_messages_from(conversation.user_id, conversation.id, user_messages[-1].seq)
+        except NotFound:
+            raise ConversationNotFound() from None
+        return await self.open(username, conversation_id)
+
+    # ------------------------------------------------------------ chatting
+
+    async def send(
+        self, username: str | None, conversation_id: str | None, text: str, options: ChatOptions
+    ) -> AsyncIterator[ChatEvent]:
+        """Post a message and stream the reply. Refusals raise ChatError before anything is stored."""
+        user_id = await self.user_id(username)
+        text = check_message_text(text, self.max_input_chars)
+        params = options.sampling(self.max_new_tokens)
+        if conversation_id:
+            conversation = await self.open(username, conversation_id)
+        else:
+            conversation = None
+        self._check_capacity()
+        await self._throttle(username or "")
+
+        history = [] if conversation is None else self._history_turns(conversation)
+        history_texts = [] if conversation is None else [(m.role, m.content) for m in conversation.messages]
+        new_messages: list[NewMessage] = []
+        system_prompt = options.system_prompt.strip()
+        if conversation is None and system_prompt:
+            check_message_text(system_prompt, self.max_input_chars)
+            system_ids = self.prompt_format.system_turn(system_prompt)
+            new_messages.append(NewMessage("system", system_prompt, system_ids))
+            history.append(Turn("system", system_ids))
+            history_texts.append(("system", system_prompt))
+        if conversation is not None and interrupted(conversation):
+            # close the reply that never came, so the history stays well formed
+            closing = self.prompt_format.assistant_turn([])
+            new_messages.append(NewMessage("assistant", "", closing, finish_reason="interrupted"))
+            history.append(Turn("assistant", closing))
+            history_texts.append(("assistant", ""))
+        user_ids = self.prompt_format.user_turn(history_texts, text)
+        try:
+            window = self.prompt_format.build_prompt(history, user_ids, params.max_new_tokens)
+        except PromptTooLong as error:
+            raise ChatError(str(error)) from None
+        new_messages.append(NewMessage("user", text, user_ids, params=params.to_dict()))
+
+        if conversation is None:
+            summary = await self.repository.create_conversation(user_id, title_from(text), self.model_name)
+            conversation_id = summary.id
+        assert conversation_id is not None
+        try:
+            stored = await self.repository.append_messages(user_id, conversation_id, new_messages)
+        except NotFound:
+            raise ConversationNotFound() from None
+        except InvalidInput as error:
+            raise ChatError(f"Cannot store this message: {error}.") from None
+        yield ChatEvent("conversation", conversation_id)
+        first_new_seq = stored[0].seq
+        try:
+            stream = await self.engine.submit(window.token_ids, params)
+        except (EngineBusy, EngineStopped) as error:
+            # nothing may be left half-done: the message goes back to the tester
+            await self.repository.delete_messages_from(user_id, conversation_id, first_new_seq)
+            if conversation is None:
+                await self.repository.delete_conversation(user_id, conversation_id)
+            raise Busy(f"The model is busy right now ({error}). Your message was kept; send it again.") from None
+        async for event in self._stream_reply(user_id, conversation_id, stream, params, window.dropped_turns):
+            yield event
+
+    async def retry(self, username: str | None, conversation_id: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
+        """Regenerate the reply to the last user message (also after an interrupted reply)."""
+        user_id = await self.user_id(username)
+        params = options.sampling(self.max_new_tokens)
+        conversation = await self.open(username, conversation_id)
+        messages = conversation.messages
+        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+        if last_user is None:
+            raise ChatError("There is no message to retry yet.")
+        self._check_capacity()
+        await self._throttle(username or "")
+        turns = self._history_turns(conversation)[: last_user + 1]
+        try:
+            window = self.prompt_format.build_prompt(turns[:-1], turns[-1].token_ids, params.max_new_tokens)
+        except PromptTooLong as error:
+            raise ChatError(str(error)) from None
+        try:
+            stream = await self.engine.submit(window.token_ids, params)
+        except (EngineBusy, EngineStopped) as error:
+            raise Busy(f"The model is busy right now ({error}). Press Retry again in a moment.") from None
+        if last_user + 1 < len(messages):
+            # the old reply goes only once the new one is under way
+            try:
+                await self.repository.delete_messages_from(user_id, conversation_id, messages[last_user + 1].seq)
+            except NotFound:
+                stream.cancel()
+                raise ConversationNotFound() from None
+        yield ChatEvent("conversation", conversation_id)
+        async for event in self._stream_reply(user_id, conversation_id, stream, params, window.dropped_turns):
+            yield event
+
+    def _check_capacity(self) -> None:
+        stats = self.engine.stats()
+        if not stats.accepting:
+            raise Busy("The server is shutting down; try again in a minute.")
+        if stats.waiting >= stats.max_queue:
+            raise Busy(
+                f"The model is busy ({stats.running} replies running, {stats.waiting} waiting). "
+                "Your message was not sent; try again in a moment."
+            )
+
+    def _history_turns(self, conversation: ConversationRecord) -> list[Turn]:
+        """The stored token history; re-encoded from text only when it cannot be trusted.
+
+        Ids made by another model (or imported without ids) mean nothing to this
+        tokenizer, so then, and only then, the text is re-encoded.
+        """
+        messages = conversation.messages
+        trusted = conversation.model == self.model_name and all(
+            m.token_ids or (not m.content and m.role != "user") for m in messages
+        )
+        if trusted:
+            return [Turn(m.role, m.token_ids) for m in messages]
+        log.info("conversation %s re-encoded from text for %s", conversation.id, self.model_name)
+        ids = self.prompt_format.reencode([(m.role, m.content) for m in messages])
+        return [Turn(m.role, turn_ids) for m, turn_ids in zip(messages, ids, strict=True)]
+
+    async def _stream_reply(
+        self,
+        user_id: int,
+        conversation_id: str,
+        stream: GenerationStream,
+        params: SamplingParams,
+        dropped_turns: int,
+    ) -> AsyncIterator[ChatEvent]:
+        reply = _Reply(stream)
+        ending = "error"
+        try:
+            async for event in self._reply_events(conversation_id, reply):
+                yield event
+            ending = "done"
+        except asyncio.CancelledError:
+            ending = "stopped"  # the Stop button cancels the handler
+            raise
+        except GeneratorExit:
+            ending = "disconnected"  # the tab was closed or the client went away
+            raise
+        finally:
+            stream.cancel()
+            message = await asyncio.shield(
+                self._persist_reply(user_id, conversation_id, reply, params, dropped_turns, ending)
+            )
+            if ending == "done" and message is not None:
+                yield ChatEvent("done", conversation_id, text=message.content, message=message)
+
+    async def _reply_events(self, conversation_id: str, reply: _Reply) -> AsyncIterator[ChatEvent]:
+        """Stream text events; while queued, report the queue position every half second."""
+        iterator = reply.stream.__aiter__()
+        next_delta: asyncio.Task[str] | None = None
+        try:
+            while True:
+                if next_delta is None:
+                    next_delta = asyncio.ensure_future(iterator.__anext__())
+                done, _ = await asyncio.wait({next_delta}, timeout=0.5)
+                if not done:
+                    position = reply.stream.queue_position
+                    if position is not None:
+                        yield ChatEvent("waiting", conversation_id, text=reply.text, position=position)
+                    continue
+                try:
+                    delta = next_delta.result()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    next_delta = None
+                reply.text += delta
+                yield ChatEvent("text", conversation_id, text=reply.text)
+        finally:
+            if next_delta is not None:
+                next_delta.cancel()
+
+    async def _persist_reply(
+        self,
+        user_id: int,
+        conversation_id: str,
+        reply: _Reply,
+        params: SamplingParams,
+        dropped_turns: int,
+        ending: str,
+    ) -> MessageRecord | None:
+        result = reply.stream.result
+        if result is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WAIT_FOR_RESULT_SECONDS):
+                    result = await reply.stream.final()
+        finish_reason = self._finish_reason(result, ending)
+        generated = result.token_ids if result is not None else []
+        text = result.text if result is not None else reply.text
+        details: dict[str, Any] = params.to_dict()
+        if result is not None:
+            if result.time_to_first_token is not None:
+                details["time_to_first_token_ms"] = round(result.time_to_first_token * 1000)
+            if result.error:
+                details["error"] = result.error
+        if dropped_turns:
+            details["dropped_turns"] = dropped_turns
+        message = NewMessage(
+            role="assistant",
+            content=text,
+            token_ids=self.prompt_format.assistant_turn(generated),
+            params=details,
+            finish_reason=finish_reason,
+            prompt_tokens=None if result is None else result.prompt_tokens,
+            completion_tokens=len(generated),
+            latency_ms=round((time.perf_counter() - reply.started) * 1000),
+        )
+        try:
+            return await self.repository.append_message(user_id, conversation_id, message)
+        except NotFound:
+            log.info("conversation %s was deleted while its reply streamed", conversation_id)
+        except Exception:
+            log.exception("could not store the reply in %s", conversation_id)
+        return None
+
+    @staticmethod
+    def _finish_reason(result: GenerationResult | None, ending: str) -> str:
+        if ending in ("stopped", "disconnected"):
+            return ending
+        if result is None:
+            return "error"
+        if result.finish_reason == "cancelled":
+            return "stopped"
+        return result.finish_reason
+
+    # ------------------------------------------------------------ export
+
+    async def export(self, username: str | None, fmt: str, conversation_id: str | None = None) -> Path:
+        """Write an export file of one chat or all of the user's chats; returns its path."""
+        user_id = await self.user_id(username)
+        if fmt not in FILE_SUFFIX:
+            raise ChatError(f"Unknown export format {fmt!r}.")
+        if conversation_id is not None:
+            await self.open(username, conversation_id)  # ownership check, same error as unknown
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = f"chat-{conversation_id[:8]}-{stamp}" if conversation_id else f"all-chats-{username}-{stamp}"
+        folder = Path(tempfile.mkdtemp(dir=self.export_dir))
+        path = folder / (name + FILE_SUFFIX[fmt])
+        conversations = self.repository.iter_conversations(user_id, conversation_id)
+        with path.open("w", encoding="utf-8") as out:
+            await write_export(conversations, out, fmt)
+        return path
