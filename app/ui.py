@@ -21,8 +21,8 @@ from storage.repository import ConversationRecord, MessageRecord
 
 CODE_SPANS = re.compile(r"(```[\s\S]*?```|`[^`\n]+`)")
 FINISH_NOTES = {
-    "stopped": "⏹ stopped",
-    "disconnected": "⏹ stopped (the page was closed)",
+    "stopped": "(stopped)",
+    "disconnected": "(stopped: the page was closed)",
     "length": "… cut at the max new tokens limit",
     "error": "⚠ the model failed on this reply; press Retry",
     "interrupted": "⚠ interrupted (the server stopped)",
@@ -283,7 +283,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         conversation_state = gr.Textbox(visible="hidden", elem_id="conversation-id")
         with gr.Sidebar(label="Chats", open=True):
             greeting = gr.Markdown()
-            new_chat_button = gr.Button("＋ New chat", variant="primary")
+            new_chat_button = gr.Button("New chat", variant="primary")
             search = gr.Textbox(placeholder="Search titles and messages", show_label=False, elem_id="search")
             chat_list = gr.Radio(choices=[], label="Your chats", elem_id="chat-list")
             with gr.Accordion("Rename or delete this chat", open=False):
@@ -311,9 +311,9 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             )
             send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
         with gr.Row():
-            stop_button = gr.Button("⏹ Stop", elem_id="stop")
-            retry_button = gr.Button("↻ Retry", elem_id="retry")
-            undo_button = gr.Button("↶ Undo", elem_id="undo")
+            stop_button = gr.Button("Stop", elem_id="stop")
+            retry_button = gr.Button("Retry", elem_id="retry")
+            undo_button = gr.Button("Undo", elem_id="undo")
         with gr.Accordion("Settings", open=False):
             system_prompt = gr.Textbox(label="System prompt (applies when a new chat starts)", lines=2)
             temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = deterministic)")
@@ -330,6 +330,10 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         search.input(on_search, [search, conversation_state], [chat_list], api_name="search", show_progress="hidden")
         new_chat_outputs = [chatbot, conversation_state, chat_list, status]
         new_chat_button.click(new_chat, None, new_chat_outputs, api_name="new_chat").then(
+            None, [conversation_state], None, js=SET_ADDRESS_JS
+        )
+        # the chatbot's own trash button clears the view only: make it start a new chat
+        chatbot.clear(new_chat, None, new_chat_outputs, api_name=False).then(
             None, [conversation_state], None, js=SET_ADDRESS_JS
         )
         send_inputs = [message, conversation_state, system_prompt, temperature, top_p, max_new_tokens, search]
