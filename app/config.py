@@ -52,6 +52,7 @@ class Settings:
     max_new_tokens: int = 256
     signup: str = "closed"
     threads: int = 0
+    fast_kernels: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +78,7 @@ class Settings:
             max_new_tokens=_int(env, "CHAT_MAX_NEW_TOKENS", 256),
             signup=signup,
             threads=_int(env, "CHAT_THREADS", 0),
+            fast_kernels=(env.get("CHAT_FAST_KERNELS") or "1").strip().lower() not in {"0", "false", "no", "off"},
         )
 
 

@@ -221,8 +221,9 @@ def serve(settings: Settings) -> int:
     except ModelLoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    packed = pack_linear_layers(loaded.model)
-    log.info("%d linear layers on prepacked oneDNN kernels", packed)
+    if settings.fast_kernels:
+        packed = pack_linear_layers(loaded.model)
+        log.info("%d linear layers on prepacked oneDNN kernels", packed)
     app = create_app(settings, loaded)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
     return 0
