@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import tempfile
 import time
 import unicodedata
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 TITLE_LENGTH = 60
 WAIT_FOR_RESULT_SECONDS = 10.0
+EXPORT_FILES_KEPT_SECONDS = 3600
 ALLOWED_CONTROL_CHARACTERS = {"\n", "\t", "\r"}
 
 
@@ -476,6 +478,14 @@ class ChatService:
 
     # ------------------------------------------------------------ export
 
+    def _remove_old_exports(self) -> None:
+        """Gradio copies a returned file into its own cache; our copy is only needed briefly."""
+        cutoff = time.time() - EXPORT_FILES_KEPT_SECONDS
+        for folder in self.export_dir.glob("*"):
+            with contextlib.suppress(OSError):
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+
     async def export(self, username: str | None, fmt: str, conversation_id: str | None = None) -> Path:
         """Write an export file of one chat or all of the user's chats; returns its path."""
         user_id = await self.user_id(username)
@@ -483,6 +493,7 @@ class ChatService:
             raise ChatError(f"Unknown export format {fmt!r}.")
         if conversation_id is not None:
             await self.open(username, conversation_id)  # ownership check, same error as unknown
+        await asyncio.to_thread(self._remove_old_exports)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = f"chat-{conversation_id[:8]}-{stamp}" if conversation_id else f"all-chats-{username}-{stamp}"
         folder = Path(tempfile.mkdtemp(dir=self.export_dir))

@@ -51,9 +51,11 @@ class LoginGuard:
     ``LOGIN_FAILURES_ALLOWED`` failures in a minute a name is refused outright.
     """
 
-    def __init__(self, repository_of: ServiceHolder) -> None:
-        self.holder = repository_of
+    def __init__(self, holder: ServiceHolder) -> None:
+        self.holder = holder
         self.failures: dict[str, deque[float]] = defaultdict(deque)
+        # checked for unknown names too, so response time does not reveal which names exist
+        self.decoy_hash = hash_password("decoy password for unknown users")
 
     async def __call__(self, username: str, password: str) -> bool:
         service = self.holder.service
@@ -69,7 +71,7 @@ class LoginGuard:
             user = await service.repository.get_user(username)
         except NotFound:
             user = None
-        stored = user.password_hash if user else hash_password("timing-equaliser")
+        stored = user.password_hash if user else self.decoy_hash
         ok = await asyncio.to_thread(verify_password, password, stored)
         if not (ok and user):
             recent.append(now)
