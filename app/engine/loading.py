@@ -101,6 +101,12 @@ def resolve_model_source(spec: str, cache_dir: Path) -> tuple[str, str | Path]:
             convert_gguf_to_cache(default_gguf_path(), target)
         return DEFAULT_MODEL_NAME, target
     path = Path(spec).expanduser()
+    looks_like_path = spec.startswith(("/", "./", "../", "~")) or os.sep + os.sep in spec
+    if looks_like_path and not path.exists():
+        raise ModelLoadError(
+            f"no model folder at {path}: pass --model with an existing Hugging Face model folder, "
+            "or 'smollm2' for the default"
+        )
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelLoadError(f"{path} has no config.json: it is not a Hugging Face model folder")
