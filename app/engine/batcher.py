@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512
 PREFILL_TOKEN_BUDGET = 2048
+# KV slot buffers grow with the longest chat; above this many columns they are
+# freed when the batch empties, so one long chat does not pin gigabytes for good.
+KEEP_CAPACITY_WHEN_IDLE = 1024
 
 
 class EngineBusy(RuntimeError):
@@ -487,6 +490,9 @@ class Engine:
                 self._cache.move(last, index, moved.length)
                 self._running[index] = moved
             self._running.pop()
+            idle = not self._running
+        if idle and self._cache.capacity > KEEP_CAPACITY_WHEN_IDLE:
+            self._cache.release()
         self._finish(request, request.finish_reason or "cancelled")
 
     def _finish(self, request: _Request, reason: str, *, error: str | None = None) -> None:
