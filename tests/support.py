@@ -1,0 +1,201 @@
+"""Shared test helpers: database URLs, tiny models built on the spot, a real server process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MODEL_CACHE = Path(os.environ.get("CHAT_TEST_CACHE_DIR") or ROOT / "data" / "model-cache")
+POSTGRES_URL = os.environ.get("CHAT_TEST_POSTGRES_URL")
+
+
+async def reset_postgres(url: str) -> None:
+    """An empty public schema, so each test starts from nothing."""
+    engine = create_async_engine(url)
+    async with engine.begin() as connection:
+        await connection.execute(text("DROP SCHEMA public CASCADE"))
+        await connection.execute(text("CREATE SCHEMA public"))
+    await engine.dispose()
+
+
+def smollm2_folder() -> Path:
+    """The converted default model (converted once per machine, shared with `make run`)."""
+    from app.engine.loading import DEFAULT_MODEL_NAME, resolve_model_source
+
+    resolve_model_source("smollm2", MODEL_CACHE)
+    return MODEL_CACHE / DEFAULT_MODEL_NAME
+
+
+def build_tiny_llama(target: Path, *, max_positions: int = 2048, seed: int = 0) -> Path:
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if (target / "config.json").exists():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder())
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        initializer_range=0.2,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+DIALOG_TEXT = """hello there how are you today i am fine thank you and you
+what is your name my name is bot nice to meet you the weather is nice today
+do you like music yes i like music a lot what about you i like books and films
+good morning good night see you later bye for now have a nice day"""
+
+
+def build_tiny_dialogpt(target: Path, seed: int = 0) -> Path:
+    """A tiny GPT-2 with its own byte-level BPE and no chat template: the tutorial's model family."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    if (target / "config.json").exists():
+        return target
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(DIALOG_TEXT.splitlines(), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=256,
+        bos_token_id=eos, eos_token_id=eos, initializer_range=0.2,
+    )
+    model = GPT2LMHeadModel(config)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """``python -m app serve`` as a real subprocess on a free port."""
+
+    data_dir: Path
+    model: str
+    env: dict[str, str]
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'chat.db'}"
+
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        self.port = free_port()
+        self.log_path = self.data_dir / f"server-{self.port}.log"
+        environment = {
+            **os.environ,
+            "CHAT_DATA_DIR": str(self.data_dir),
+            "CHAT_CACHE_DIR": str(MODEL_CACHE),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            **self.env,
+        }
+        environment.pop("CHAT_DATABASE_URL", None)
+        log_file = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "app", "serve", "--port", str(self.port), "--model", self.model],
+            cwd=ROOT, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "healthz", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.3)
+        self.kill()
+        raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Ctrl-C, as a person would; kill only if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def add_user(data_dir: Path, name: str, password: str, *, admin: bool = False) -> None:
+    environment = {**os.environ, "CHAT_DATA_DIR": str(data_dir)}
+    environment.pop("CHAT_DATABASE_URL", None)
+    args = [PYTHON, "-m", "app", "users", "add", name, "--password-stdin"] + (["--admin"] if admin else [])
+    subprocess.run(args, cwd=ROOT, env=environment, input=password + "\n", text=True, check=True,
+                   capture_output=True)
+
+
+@contextlib.contextmanager
+def running_server(data_dir: Path, model: str, **env: str) -> Iterator[ServerProcess]:
+    server = ServerProcess(data_dir, model, {"CHAT_ADMIN_PASSWORD": "admin-password", **env}).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    return target
