@@ -57,7 +57,10 @@ class LoginGuard:
         # checked for unknown names too, so response time does not reveal which names exist
         self.decoy_hash = hash_password("decoy password for unknown users")
 
-    async def __call__(self, username: str, password: str) -> bool:
+    async def check(self, username: str, password: str) -> bool:
+        """Gradio's login callback. It must be a coroutine *function* (a bound async method
+        is one): Gradio awaits only those, and would take the coroutine object returned by
+        an instance's async ``__call__`` as a truthy "yes" without running it."""
         service = self.holder.service
         if service is None:
             return False
@@ -209,7 +212,7 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
     if settings.signup == "open":
         auth_message += " New here? Create an account at /signup."
     return gr.mount_gradio_app(
-        app, blocks, path="/", auth=LoginGuard(holder), auth_message=auth_message, css=CSS, ssr_mode=False,
+        app, blocks, path="/", auth=LoginGuard(holder).check, auth_message=auth_message, css=CSS, ssr_mode=False,
         footer_links=[],
     )
 
