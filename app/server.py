@@ -204,9 +204,11 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
             return RedirectResponse("/", status_code=303)
 
     blocks = build_ui(holder, settings)
-    # Async handlers run on the event loop; the limit bounds concurrent chat events
-    # per endpoint (Gradio's default is 1, which would serialise all users).
-    blocks.queue(default_concurrency_limit=settings.max_batch_size + settings.max_queue, api_open=False)
+    # Async handlers run on the event loop. Gradio's default of 1 event at a time per
+    # endpoint would serialise all users; and a limit near the engine's capacity would
+    # make Gradio hold the extra requests silently instead of the engine saying "busy".
+    concurrency = max(100, 2 * (settings.max_batch_size + settings.max_queue))
+    blocks.queue(default_concurrency_limit=concurrency, api_open=False)
     blocks.max_threads = 64
     auth_message = "Log in with the account your admin gave you."
     if settings.signup == "open":
