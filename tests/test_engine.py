@@ -167,6 +167,26 @@ async def test_greedy_tokens_in_a_mixed_batch_equal_tokens_alone(tiny):
         assert one.token_ids == reference_generate(tiny, prompt, 20)[: len(one.token_ids)]
 
 
+async def test_long_replies_grow_the_cache_and_stay_exact(tiny):
+    """Replies longer than the first KV allocation (256 columns) grow the slots mid-batch."""
+    prompts = [chat_prompt(tiny, "grow"), chat_prompt(tiny, "grow the cache while others run, please")]
+    engine = await started(tiny, max_batch_size=4)
+    params = SamplingParams(max_new_tokens=600, min_new_tokens=600, **GREEDY)
+    try:
+        results = await asyncio.gather(*(engine.submit(p, params) for p in prompts))
+        finals = [await stream.final() for stream in results]
+    finally:
+        await engine.stop()
+    for prompt, result in zip(prompts, finals, strict=True):
+        assert result.finish_reason == "length" and result.completion_tokens == 600
+        with torch.inference_mode():
+            expected = tiny.model.generate(
+                torch.tensor([prompt]), max_new_tokens=600, min_new_tokens=600, do_sample=False,
+                pad_token_id=0, attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            )
+        assert result.token_ids == expected[0, len(prompt):].tolist()
+
+
 async def test_packed_kernels_are_batch_invariant_too(tiny):
     packed = copy.deepcopy(tiny)
     assert pack_linear_layers(packed.model) > 0

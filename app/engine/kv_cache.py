@@ -92,11 +92,12 @@ class SlotKVCache(Cache):
             raise ValueError(f"sequence of {needed} tokens exceeds the cache limit {self.max_length}")
         capacity = min(self.max_length, max(needed, self.capacity * 2, CAPACITY_STEP))
         capacity = min(self.max_length, -(-capacity // CAPACITY_STEP) * CAPACITY_STEP)
-        for layer, sample in zip(self.layers, like, strict=True):
-            if layer.key_buffer is None:
-                layer.allocate(sample, self.max_batch, capacity)
-            else:
+        if self.allocated:
+            for layer in self.layers:
                 layer.grow(capacity)
+        else:
+            for layer, sample in zip(self.layers, like, strict=True):
+                layer.allocate(sample, self.max_batch, capacity)
         self.capacity = capacity
 
     def place(self, slot: int, prefill_layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
