@@ -71,6 +71,13 @@ def test_a_tester_chats_reloads_reopens_and_exports(server, page):
     page.wait_for_function("() => new URL(location.href).searchParams.get('c')", timeout=60_000)
     page.screenshot(path=ARTIFACTS / "2-replied.png")
     assert len(seen) >= 3, f"the reply did not stream: {seen}"  # several growing versions were shown
+    settled, deadline = last_reply(page), time.monotonic() + 60
+    while time.monotonic() < deadline:  # the reply is complete once it stops changing
+        page.wait_for_timeout(1500)
+        if last_reply(page) == settled:
+            break
+        settled = last_reply(page)
+    assert "failed" not in settled
     assert page.evaluate("() => window.__pwned") is None
     user_bubble = page.locator("#chat .message.user, #chat .user-row .message").first.inner_text()
     assert "<script>window.__pwned = 1</script>" in user_bubble  # shown as text
