@@ -102,9 +102,13 @@ async def run_export(args: argparse.Namespace, repository: Repository) -> None:
     else:
         out_path = Path(args.out)
         partial = out_path.with_name(out_path.name + ".partial")
-        with partial.open("w", encoding="utf-8") as out:
-            count = await write_export(conversations, out, args.format, include_token_ids=args.token_ids)
-        partial.replace(out_path)
+        try:
+            with partial.open("w", encoding="utf-8") as out:
+                count = await write_export(conversations, out, args.format, include_token_ids=args.token_ids)
+            partial.replace(out_path)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # no half-written file left behind on an error
+            raise
     print(f"exported {count} conversation(s) as {args.format} to {args.out}", file=sys.stderr)
 
 

@@ -25,6 +25,8 @@ EXPORT_FORMAT_NAME = "chat-server-export"
 EXPORT_VERSION = 1
 FILE_SUFFIX = {"json": ".json", "md": ".md", "jsonl": ".jsonl"}
 MEDIA_TYPE = {"json": "application/json", "md": "text/markdown", "jsonl": "application/jsonl"}
+# json.dumps(ensure_ascii=False) leaves these unescaped, yet str.splitlines() breaks lines on them
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def _time(value: datetime) -> str:
@@ -87,7 +89,7 @@ def conversation_to_jsonl_line(conversation: ConversationRecord) -> str:
             for m in conversation.messages
         ],
     }
-    return json.dumps(record, ensure_ascii=False)
+    return json.dumps(record, ensure_ascii=False).translate(_LINE_BREAKS)
 
 
 def conversation_to_markdown(conversation: ConversationRecord) -> str:

@@ -8,6 +8,7 @@ query that finds the row: another user's conversation is simply "not found".
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -35,6 +36,8 @@ from storage.tokens import pack_token_ids, unpack_token_ids
 ROLES = ("system", "user", "assistant")
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 EXPORT_BATCH = 50
+FINISH_REASON_MAX = 16  # messages.finish_reason is VARCHAR(16)
+INT32_MAX = 2**31 - 1  # the counts are INTEGER columns
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,15 @@ def check_text(text: str, what: str = "text") -> str:
     return text
 
 
+def _storable(text: str) -> bool:
+    """Whether ``text`` can be sent to the database at all; a lookup of anything else finds nothing."""
+    try:
+        check_text(text)
+    except InvalidInput:
+        return False
+    return True
+
+
 def check_title(title: str) -> str:
     title = check_text(title, "title").strip()
     if not title:
@@ -143,6 +155,22 @@ def _check_message(message: NewMessage) -> None:
     if message.role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}, not {message.role!r}")
     check_text(message.content, "message text")
+    if message.finish_reason is not None:
+        check_text(message.finish_reason, "finish reason")
+        if len(message.finish_reason) > FINISH_REASON_MAX:
+            raise InvalidInput(f"finish reason is longer than {FINISH_REASON_MAX} characters")
+    for what, value in (
+        ("prompt_tokens", message.prompt_tokens),
+        ("completion_tokens", message.completion_tokens),
+        ("latency_ms", message.latency_ms),
+    ):
+        if value is not None and (not isinstance(value, int) or not -INT32_MAX - 1 <= value <= INT32_MAX):
+            raise InvalidInput(f"{what} must be a whole number that fits 32 bits, not {value!r}")
+    if message.params is not None:
+        try:
+            json.dumps(message.params, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise InvalidInput(f"params cannot be stored as JSON: {error}") from None
 
 
 # ---------------------------------------------------------------- conversion
@@ -201,6 +229,8 @@ class Repository:
             return _user_record(user)
 
     async def get_user(self, username: str) -> UserRecord:
+        if not _storable(username):
+            raise NotFound(f"no user named {username!r}")
         async with self.database.reader() as session:
             user = await session.scalar(select(User).where(User.username == username))
             if user is None:
@@ -217,6 +247,8 @@ class Repository:
             return int(await session.scalar(select(func.count()).select_from(User)) or 0)
 
     async def set_password(self, username: str, password_hash: str) -> None:
+        if not _storable(username):
+            raise NotFound(f"no user named {username!r}")
         async with self.database.writer() as session, session.begin():
             result = await session.execute(
                 update(User).where(User.username == username).values(password_hash=password_hash)
@@ -226,6 +258,8 @@ class Repository:
 
     async def delete_user(self, username: str) -> None:
         """Remove a user and (by cascade) all of their conversations."""
+        if not _storable(username):
+            raise NotFound(f"no user named {username!r}")
         async with self.database.writer() as session, session.begin():
             result = await session.execute(delete(User).where(User.username == username))
             if result.rowcount == 0:
@@ -266,6 +300,8 @@ class Repository:
     async def _owned(
         self, session: AsyncSession, user_id: int, conversation_id: str, *, lock: bool = False
     ) -> Conversation:
+        if not _storable(conversation_id):
+            raise NotFound("conversation not found")
         query = select(Conversation).where(
             Conversation.id == conversation_id, Conversation.user_id == user_id
         )
@@ -364,6 +400,8 @@ class Repository:
         packed = [pack_token_ids(message.token_ids) for message in messages]
         async with self.database.writer() as session, session.begin():
             conversation = await self._owned(session, user_id, conversation_id, lock=True)
+            if not messages:
+                return []
             last = await session.scalar(
                 select(func.max(Message.seq)).where(Message.conversation_id == conversation.id)
             )
@@ -415,6 +453,7 @@ class Repository:
         """Restore an exported conversation exactly (ids, times, token ids), all or nothing."""
         if not isinstance(conversation_id, str) or not 1 <= len(conversation_id) <= 36:
             raise InvalidInput("conversation id must be a string of 1-36 characters")
+        check_text(conversation_id, "conversation id")
         title = check_title(title)
         model = check_text(model, "model name")[:MODEL_NAME_MAX]
         for message in messages:
@@ -463,6 +502,8 @@ class Repository:
         ``user_id=None`` means every user's (the admin CLI). Memory stays bounded by
         one batch however many chats there are.
         """
+        if conversation_id is not None and not _storable(conversation_id):
+            raise NotFound("conversation not found")
         query = select(Conversation.id)
         if user_id is not None:
             query = query.where(Conversation.user_id == user_id)

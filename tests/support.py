@@ -21,16 +21,20 @@ from sqlalchemy.ext.asyncio import create_async_engine
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 MODEL_CACHE = Path(os.environ.get("CHAT_TEST_CACHE_DIR") or ROOT / "data" / "model-cache")
-POSTGRES_URL = os.environ.get("CHAT_TEST_POSTGRES_URL")
+POSTGRES_URL = os.environ.get("CHAT_TEST_POSTGRES_URL") or None
 
 
 async def reset_postgres(url: str) -> None:
-    """An empty public schema, so each test starts from nothing."""
+    """Drop everything in the ``public`` schema so the test starts from an empty database."""
     engine = create_async_engine(url)
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP SCHEMA public CASCADE"))
-        await connection.execute(text("CREATE SCHEMA public"))
-    await engine.dispose()
+    try:
+        async with engine.begin() as connection:
+            # a connection some earlier run leaked must not hang the suite
+            await connection.execute(text("SET LOCAL lock_timeout = '10s'"))
+            await connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            await connection.execute(text("CREATE SCHEMA public"))
+    finally:
+        await engine.dispose()
 
 
 def smollm2_folder() -> Path:

@@ -1,0 +1,126 @@
+"""Alembic migrations: up, down, up again on every backend, and the ORM models agree with them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+
+from app.config import sqlite_url
+from app.migrate import alembic_config, downgrade, upgrade
+from storage.database import BUSY_TIMEOUT_MS, Database, create_engine
+from storage.models import Base
+from storage.repository import NewMessage, Repository
+
+APP_TABLES = {"users", "conversations", "messages"}
+
+
+async def schema(url: str) -> tuple[set[str], list[str]]:
+    """(table names, rows of alembic_version) as the database reports them."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+            versions = []
+            if "alembic_version" in tables:
+                versions = list((await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+    finally:
+        await engine.dispose()
+    return tables, versions
+
+
+async def model_differences(url: str) -> list:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+            )
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_downgrade_upgrade(database_url):
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    assert head is not None
+    assert await schema(database_url) == (set(), [])
+
+    await asyncio.to_thread(upgrade, database_url)
+    assert await schema(database_url) == (APP_TABLES | {"alembic_version"}, [head])
+    assert await model_differences(database_url) == []
+
+    await asyncio.to_thread(upgrade, database_url)  # already at head: a no-op
+    assert await schema(database_url) == (APP_TABLES | {"alembic_version"}, [head])
+
+    await asyncio.to_thread(downgrade, database_url)
+    assert await schema(database_url) == ({"alembic_version"}, [])
+
+    await asyncio.to_thread(upgrade, database_url)
+    assert await schema(database_url) == (APP_TABLES | {"alembic_version"}, [head])
+    assert await model_differences(database_url) == []
+
+    # and the re-created schema is usable
+    database = Database(database_url)
+    try:
+        repository = Repository(database)
+        user = await repository.create_user("alice", "hash")
+        chat = await repository.create_conversation(user.id, "after re-upgrade", "m")
+        await repository.append_message(user.id, chat.id, NewMessage("user", "hello", [1, 70_000]))
+        assert (await repository.get_conversation(user.id, chat.id)).messages[0].token_ids == [1, 70_000]
+    finally:
+        await database.dispose()
+
+
+async def test_models_and_migrations_agree_on_indexes_and_constraints(database_url):
+    await asyncio.to_thread(upgrade, database_url)
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+
+            def describe(sync):
+                inspector = inspect(sync)
+                return (
+                    {tuple(i["column_names"]) for i in inspector.get_indexes("conversations")},
+                    {tuple(u["column_names"]) for u in inspector.get_unique_constraints("messages")},
+                    {
+                        (fk["referred_table"], fk["options"].get("ondelete"))
+                        for fk in inspector.get_foreign_keys("messages")
+                    },
+                )
+
+            indexes, uniques, foreign_keys = await connection.run_sync(describe)
+    finally:
+        await engine.dispose()
+    assert ("user_id", "updated_at") in indexes
+    assert ("conversation_id", "seq") in uniques
+    assert ("conversations", "CASCADE") in foreign_keys
+
+
+async def test_sqlite_connections_are_configured_for_safety(tmp_path):
+    url = sqlite_url(tmp_path / "nested" / "folder" / "chat.db")  # the folder is created too
+    await asyncio.to_thread(upgrade, url)
+    database = Database(url)
+    pragmas = ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+    try:
+        for sessions in (database.reader, database.writer):
+            async with sessions() as session:
+                values = {name: (await session.execute(text(f"PRAGMA {name}"))).scalar() for name in pragmas}
+            assert values["journal_mode"] == "wal"
+            assert values["foreign_keys"] == 1
+            assert values["busy_timeout"] == BUSY_TIMEOUT_MS > 0
+            assert values["synchronous"] == 2  # FULL: a reported commit survives power loss
+        # every pooled connection gets them, not just the first
+        connections = [await database.engine.connect() for _ in range(3)]
+        try:
+            for connection in connections:
+                assert (await connection.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+                assert (await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar() > 0
+        finally:
+            for connection in connections:
+                await connection.close()
+    finally:
+        await database.dispose()
+    assert (tmp_path / "nested" / "folder" / "chat.db").exists()
