@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,7 +78,7 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model):
     data = tmp_path_factory.mktemp("server-data")
-    with running_server(data, tiny_model, CHAT_MAX_INPUT_CHARS="2000") as process:
+    with running_server(data, tiny_model, CHAT_MAX_INPUT_CHARS="2000", CHAT_MAX_NEW_TOKENS="1900") as process:
         for name in ("alice", "bob", *(f"user{i}" for i in range(8))):
             add_user(data, name, PASSWORD)
         yield process
@@ -220,11 +221,34 @@ def test_undo_retry_rename_delete(server):
     assert "not found" in client.predict(conversation_id, api_name="/open")[2].lower()
 
 
+def test_stop_keeps_the_partial_reply_marked_stopped(server):
+    client = client_for(server, "alice")
+    job = client.submit("a long answer please", "", "", 1.0, 1.0, 1800, "", api_name="/send")
+    conversation_id = None
+    for update in job:
+        conversation_id = update[2] or conversation_id
+        if conversation_id and len(bubble_texts(update[0])[-1][1]) > 20:
+            break
+    job.cancel()  # what the Stop button does: cancel the running event
+    assert conversation_id, job.outputs()[-3:]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        messages = stored(server, "alice", conversation_id).messages
+        if messages[-1].role == "assistant":
+            break
+        time.sleep(0.2)
+    reply = messages[-1]
+    assert reply.role == "assistant" and reply.finish_reason in ("stopped", "disconnected")
+    assert 0 < reply.completion_tokens < 1800 and reply.content
+    chatbot = client.predict(conversation_id, api_name="/open")[0]
+    assert "(stopped" in bubble_texts(chatbot)[-1][1]
+
+
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory, tiny_model):
     data = tmp_path_factory.mktemp("strict-data")
     env = dict(CHAT_RATE_LIMIT="3", CHAT_RATE_PERIOD="60", CHAT_MAX_BATCH_SIZE="1", CHAT_MAX_QUEUE="1",
-               CHAT_MAX_NEW_TOKENS="3000")
+               CHAT_MAX_NEW_TOKENS="3000", CHAT_SIGNUP="open")
     with running_server(data, tiny_model, **env) as process:
         for name in ("carol", *(f"queue{i}" for i in range(6))):
             add_user(data, name, PASSWORD)
@@ -263,6 +287,19 @@ def test_full_queue_says_busy_and_keeps_the_text(strict_server):
         assert status.startswith("⚠") and box == f"long reply for {name}"
     assert message_count(strict_server) == before + 2 * len(served)  # nothing stored for the refused
     assert send(clients[names[0]], "now there is room", max_new_tokens=4)[1][3] == ""
+
+
+def test_open_signup_creates_an_account_that_can_chat(strict_server, server):
+    form = {"username": "newcomer", "password": "newcomer-password"}
+    assert httpx.get(server.url + "signup").status_code == 404  # closed by default
+    created = httpx.post(strict_server.url + "signup", data=form)
+    assert created.status_code == 303
+    again = httpx.post(strict_server.url + "signup", data=form)
+    assert again.status_code == 400 and "already exists" in again.text
+    weak = httpx.post(strict_server.url + "signup", data={"username": "weak", "password": "short"})
+    assert weak.status_code == 400 and "at least 8" in weak.text
+    client = Client(strict_server.url, auth=("newcomer", "newcomer-password"), verbose=False)
+    assert send(client, "hello from a newcomer", max_new_tokens=2)[1][3] == ""
 
 
 def test_restart_keeps_every_chat_and_a_crash_mid_reply_can_be_retried(tmp_path, tiny_model):
