@@ -166,23 +166,18 @@ class ChatService:
         self.rate_limit = rate_limit
         self.rate_period = rate_period
         self._throttlers: dict[str, Throttler] = {}
-        self._user_ids: dict[str, int] = {}
         self.export_dir = export_dir or Path(tempfile.mkdtemp(prefix="chat-exports-"))
 
     # ------------------------------------------------------------ identity
 
     async def user_id(self, username: str | None) -> int:
+        """Looked up on every call (one indexed query), so a user removed by the CLI is gone at once."""
         if not username:
             raise ChatError("Please log in.")
-        if username not in self._user_ids:
-            try:
-                self._user_ids[username] = (await self.repository.get_user(username)).id
-            except NotFound:
-                raise ChatError("Your account no longer exists; ask an admin.") from None
-        return self._user_ids[username]
-
-    def forget_user(self, username: str) -> None:
-        self._user_ids.pop(username, None)
+        try:
+            return (await self.repository.get_user(username)).id
+        except NotFound:
+            raise ChatError("Your account no longer exists; ask an admin.") from None
 
     async def _throttle(self, username: str) -> None:
         """Refuse, rather than delay, a message over the per-user rate.

@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.chat import Busy, ChatError, ChatEvent, ChatOptions, ChatService, interrupted
+from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted
 from app.config import Settings
 from storage.repository import ConversationRecord, MessageRecord
 
@@ -181,9 +181,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 conversation_id = current_id
                 yield chatbot, ("" if first else gr.update()), current_id, status, choices
                 first = False
-        except Busy as error:
-            yield history, text, conversation_id, problem(error), gr.update()
-        except ChatError as error:
+        except ChatError as error:  # busy, rate limit, bad input: the typed text goes back
             yield history, text, conversation_id, problem(error), gr.update()
 
     async def on_retry(
