@@ -119,6 +119,7 @@ def load_model(spec: str, cache_dir: Path, threads: int = 0) -> LoadedModel:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if threads > 0:
@@ -131,7 +132,7 @@ def load_model(spec: str, cache_dir: Path, threads: int = 0) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(
             source, local_files_only=True, dtype=torch.float32
         )
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:  # SafetensorError: damaged weights file
         raise ModelLoadError(
             f"cannot load model {spec!r}: {str(error).splitlines()[0]} -- pass --model with a "
             "local Hugging Face model folder, a hub id already in the local cache, or "

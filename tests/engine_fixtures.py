@@ -1,0 +1,68 @@
+"""Fixtures for the engine tests, loaded as a plugin by each ``tests/test_engine_*.py``:
+
+    pytest_plugins = ["tests.engine_fixtures"]
+
+so they stay out of the shared ``conftest.py``. Models are built once per session in
+temporary folders and loaded through ``app.engine.loading.load_model``; SmolLM2 comes
+from the model cache (``CHAT_TEST_CACHE_DIR``, default ``data/model-cache``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.engine import LoadedModel, load_model
+from app.engine.fast_linear import pack_linear_layers
+from tests.engine_support import CACHE_DIR, build_tiny_gpt2, build_tiny_llama, smollm2_folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_dir: Path) -> LoadedModel:
+    return load_model(str(tiny_llama_dir), CACHE_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_packed(tiny_llama: LoadedModel) -> LoadedModel:
+    """A copy of ``tiny_llama`` whose linears run on prepacked oneDNN kernels."""
+    packed = copy.deepcopy(tiny_llama)
+    if pack_linear_layers(packed.model) == 0:
+        pytest.skip("oneDNN packed linears are not available on this machine")
+    return packed
+
+
+@pytest.fixture
+def fresh_tiny_llama(tiny_llama_dir: Path) -> LoadedModel:
+    """Its own instance of the tiny Llama, for tests that put hooks on the model."""
+    return load_model(str(tiny_llama_dir), CACHE_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2") / "tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_gpt2_dir: Path) -> LoadedModel:
+    return load_model(str(tiny_gpt2_dir), CACHE_DIR)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> LoadedModel:
+    """The real default model, loaded once per session."""
+    return load_model("smollm2", CACHE_DIR)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_folder(), local_files_only=True)
