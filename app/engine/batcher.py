@@ -2,14 +2,19 @@
 
 The event loop only enqueues requests and reads token events; all model compute
 happens on the worker thread, so a long prefill never freezes the web server.
-Between decode steps the worker admits waiting requests (one padded prefill for
-the newcomers, then they join the running batch) and retires finished or cancelled
-ones, so a new request never waits for the whole batch to drain. Each step reads
-the weights once for the whole batch: that is where the throughput comes from on
-a CPU whose matrix units idle at batch 1.
+Each turn of the loop admits waiting requests into free rows, runs one bounded
+prefill chunk for prompts still being read, and one decode step for every reply
+being written, then retires finished or cancelled rows. So a newcomer never waits
+for the batch to drain, and a long prompt (a pasted document) delays the running
+streams by one chunk per token, not by its whole prefill (Sarathi-Serve's idea,
+with chunk and decode as two forwards rather than one mixed one).
 
-Shape of a step, in the spirit of gpt-fast: ``prefill`` -> ``decode_one_token`` ->
-``accept_token``, each a small method below.
+A request's prompt is first matched against the prefix cache (the KV of earlier
+requests, keyed by token ids): the next turn of a chat prefills only its new turn.
+
+Shape of a turn, in the spirit of gpt-fast: ``_start_prefill`` -> ``_prefill_chunk``
+-> ``_decode_step`` -> ``_accept_token``, each a small method below; ``_forward`` is
+the one model call they share.
 """
 
 from __future__ import annotations
@@ -31,12 +36,19 @@ from app.engine.detokenize import IncrementalDecoder
 from app.engine.kv_cache import SlotKVCache
 from app.engine.loading import LoadedModel
 from app.engine.params import SamplingParams
+from app.engine.prefix_cache import PrefixCache, PrefixCacheStats
 from app.engine.sampling import RowSampler
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 512
-PREFILL_TOKEN_BUDGET = 2048
+# Tokens per prefill chunk while replies stream: the longest pause a new prompt can
+# put between two tokens of someone else's reply (picked with bench/multiturn.py).
+PREFILL_CHUNK = 64
+# Tokens per prefill forward when nothing streams: only throughput matters then.
+IDLE_PREFILL_TOKENS = 2048
+# Fewest columns per row in a prefill chunk, so many short prompts share one forward.
+MIN_CHUNK_COLUMNS = 16
+DEFAULT_PREFIX_CACHE_MB = 2048
 # KV slot buffers grow with the longest chat; above this many columns they are
 # freed when the batch empties, so one long chat does not pin gigabytes for good.
 KEEP_CAPACITY_WHEN_IDLE = 1024
@@ -70,11 +82,13 @@ class GenerationResult:
     time_to_first_token: float | None
     total_time: float
     error: str | None = None
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 @dataclass(frozen=True)
 class EngineStats:
-    running: int
+    running: int  # admitted: prefilling or decoding
+    prefilling: int
     waiting: int
     max_batch_size: int
     max_queue: int
@@ -82,6 +96,7 @@ class EngineStats:
     generated_tokens: int
     alive: bool
     accepting: bool
+    prefix_cache: PrefixCacheStats
 
 
 @dataclass(eq=False)
@@ -96,7 +111,9 @@ class _Request:
     cancel_requested: bool = False
     done: bool = False
     generated: list[int] = field(default_factory=list)
-    length: int = 0  # tokens of this row held in the KV cache
+    length: int = 0  # tokens of this row held in the decode KV cache
+    prefilled: int = 0  # prompt tokens in the prefill KV cache so far
+    cached_tokens: int = 0
     first_token_at: float | None = None
     text: str = ""
     sent_chars: int = 0
@@ -171,10 +188,13 @@ class Engine:
         max_batch_size: int = 16,
         max_queue: int = 64,
         prefill_chunk: int = PREFILL_CHUNK,
-        prefill_token_budget: int = PREFILL_TOKEN_BUDGET,
+        idle_prefill_tokens: int = IDLE_PREFILL_TOKENS,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
     ) -> None:
         if max_batch_size < 1 or max_queue < 0:
             raise ValueError("max_batch_size must be >= 1 and max_queue >= 0")
+        if prefill_chunk < 1 or prefix_cache_mb < 0:
+            raise ValueError("prefill_chunk must be >= 1 and prefix_cache_mb >= 0")
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -184,14 +204,17 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
-        self.prefill_token_budget = prefill_token_budget
+        self.idle_prefill_tokens = idle_prefill_tokens
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
-        self._running: list[_Request] = []
+        self._running: list[_Request] = []  # decoding, in decode-cache row order
+        self._prefilling: list[_Request] = []  # reading their prompt, in prefill-cache row order
         self._accepting = True
         self._abort = False
         self._thread: threading.Thread | None = None
-        self._cache = SlotKVCache(_num_layers(loaded.model), max_batch_size, self.context_length)
+        # built by the worker (reading the KV layout takes a forward, and only the worker runs the model)
+        self._cache: SlotKVCache
+        self._prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
         self._steps = 0
         self._generated_tokens = 0
         self._ready = threading.Event()
@@ -262,7 +285,8 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._lock:
             return EngineStats(
-                running=len(self._running),
+                running=len(self._running) + len(self._prefilling),
+                prefilling=len(self._prefilling),
                 waiting=len(self._waiting),
                 max_batch_size=self.max_batch_size,
                 max_queue=self.max_queue,
@@ -270,6 +294,7 @@ class Engine:
                 generated_tokens=self._generated_tokens,
                 alive=self._thread is not None and self._thread.is_alive(),
                 accepting=self._accepting,
+                prefix_cache=self._prefix_cache.stats(),
             )
 
     async def stop(self, grace_seconds: float = 0.0) -> None:
@@ -293,20 +318,29 @@ class Engine:
 
     def _run(self) -> None:
         with torch.inference_mode():
+            try:
+                layer_shapes, dtype = _kv_layout(self.model)
+            except Exception:
+                log.exception("the model cannot run a single token: the engine stops")
+                self._ready.set()  # nobody waits forever; submit() sees the worker gone
+                return
+            self._cache = SlotKVCache(layer_shapes, dtype, self.max_batch_size, self.context_length)
             self._warm_up()
             while True:
                 newcomers = self._next_work()
                 if newcomers is None:
                     break
                 self._retire_cancelled()
-                if newcomers:
-                    self._admit(newcomers)
+                for request in newcomers:
+                    self._start_prefill(request)
+                if self._prefilling:
+                    self._prefill_chunk()
                 if self._running:
                     self._decode_step()
         self._cache.release()
 
     def _warm_up(self) -> None:
-        """Allocate the KV slots and run one decode at every batch size before serving.
+        """Allocate the KV slots and run the shapes serving will use before serving.
 
         oneDNN builds a kernel per input shape on first use and the slot buffers
         are allocated on first admission; paying both here keeps them off the
@@ -314,12 +348,13 @@ class Engine:
         """
         started = time.perf_counter()
         try:
-            dummy = [0] * 8
-            _, prefill_kv = self._prefill([dummy] * self.max_batch_size)
-            for slot in range(self.max_batch_size):
-                self._cache.place(slot, [(k[slot], v[slot]) for k, v in prefill_kv])
-            for batch in range(self.max_batch_size, 0, -1):
-                self._decode_one_token_ids([0] * batch, [len(dummy)] * batch)
+            dummy = 8
+            rows = self.max_batch_size
+            self._forward([[0] * dummy] * rows, [0] * rows, [dummy] * rows, dummy)
+            for batch in range(rows, 0, -1):
+                self._forward([[0]] * batch, [dummy] * batch, [1] * batch, 1)
+            chunk = min(self.prefill_chunk, self.context_length - 1)
+            self._forward([[0] * chunk], [0], [chunk], chunk)
         except Exception:  # warm-up is an optimisation; serving reports real faults
             log.exception("engine warm-up failed")
         log.info("engine warmed up in %.1f s", time.perf_counter() - started)
@@ -328,93 +363,123 @@ class Engine:
     def _next_work(self) -> list[_Request] | None:
         """Block until there is work; take the newcomers that fit. None means exit."""
         with self._lock:
-            while not (self._waiting or self._running or self._abort or not self._accepting):
+            while not (self._waiting or self._running or self._prefilling or self._abort or not self._accepting):
                 self._lock.wait()
-            if self._abort or (not self._accepting and not self._waiting and not self._running):
-                for request in [*self._waiting, *self._running]:
+            admitted = self._running + self._prefilling
+            if self._abort or (not self._accepting and not self._waiting and not admitted):
+                for request in [*self._waiting, *admitted]:
                     self._finish(request, "cancelled")
                 self._waiting.clear()
                 self._running.clear()
+                self._prefilling.clear()
                 return None
             newcomers: list[_Request] = []
-            budget = self.prefill_token_budget
-            while self._waiting and len(self._running) + len(newcomers) < self.max_batch_size:
-                size = len(self._waiting[0].prompt_ids)
-                if newcomers and size > budget:
-                    break
+            while self._waiting and len(admitted) + len(newcomers) < self.max_batch_size:
                 newcomers.append(self._waiting.popleft())
-                budget -= size
             return newcomers
 
     def _retire_cancelled(self) -> None:
+        for request in [r for r in self._prefilling if r.cancel_requested]:
+            self._drop_prefilling(request, "cancelled")
         for request in [r for r in self._running if r.cancel_requested]:
             request.finish_reason = "cancelled"
             self._retire(request)
 
-    def _admit(self, newcomers: list[_Request]) -> None:
-        started = time.perf_counter()
+    def _start_prefill(self, request: _Request) -> None:
+        """Give a newcomer the slot after the others, filled from the prefix cache as far as it matches.
+
+        At least the prompt's last token is always computed: its logits choose the first new token.
+        """
+        if request.cancel_requested:
+            self._finish(request, "cancelled")
+            return
+        slot = len(self._running) + len(self._prefilling)
+        self._cache.ensure_capacity(len(request.prompt_ids) + 1)  # once, not while its chunks run
+        reused, kv = self._prefix_cache.longest_prefix(request.prompt_ids, len(request.prompt_ids) - 1)
+        if kv is not None:
+            self._cache.place(slot, kv)
+        request.prefilled = request.cached_tokens = reused
+        request.decoder = IncrementalDecoder(self.tokenizer)
+        request.sampler = RowSampler(request.params, self.vocab_size, request.prompt_ids)
+        with self._lock:
+            self._prefilling.append(request)
+
+    def _prefill_chunk(self) -> None:
+        """Prefill the next chunk of the waiting prompts; rows whose prompt is done start decoding.
+
+        While replies stream, a chunk holds at most ``prefill_chunk`` tokens, so no
+        stream waits longer than one chunk between two of its tokens, however long
+        the prompt that just arrived. With nothing streaming, chunks are bigger.
+        """
+        budget = self.prefill_chunk if self._running else max(self.prefill_chunk, self.idle_prefill_tokens)
+        remaining = [len(r.prompt_ids) - r.prefilled for r in self._prefilling]
+        rows = max(1, min(len(remaining), budget // MIN_CHUNK_COLUMNS))
+        width = max(1, min(max(remaining[:rows]), budget // rows))
+        batch = self._prefilling[:rows]
+        counts = [min(left, width) for left in remaining[:rows]]
+        starts = [r.prefilled for r in batch]
+        token_rows = [
+            [0] * (width - count) + r.prompt_ids[start : start + count]
+            for r, start, count in zip(batch, starts, counts, strict=True)
+        ]
         try:
-            logits, prefill_kv = self._prefill([r.prompt_ids for r in newcomers])
+            logits = self._forward(token_rows, starts, counts, width, first_row=len(self._running))
         except Exception as error:  # a fault fails these requests, never the worker
             log.exception("prefill failed")
-            for request in newcomers:
-                self._finish(request, "error", error=f"generation failed: {error}")
+            for request in batch:
+                self._drop_prefilling(request, "error", error=f"generation failed: {error}", keep=False)
             return
-        padded = max(len(r.prompt_ids) for r in newcomers)
-        for index, request in enumerate(newcomers):
-            if request.cancel_requested:
-                self._finish(request, "cancelled")
-                continue
-            length = len(request.prompt_ids)
-            slot = len(self._running)
-            self._cache.place(
-                slot, [(k[index, :, padded - length :], v[index, :, padded - length :]) for k, v in prefill_kv]
-            )
-            request.length = length
-            request.decoder = IncrementalDecoder(self.tokenizer)
-            request.sampler = RowSampler(request.params, self.vocab_size, request.prompt_ids)
-            with self._lock:
-                self._running.append(request)
-            self._accept_token(request, self._choose(request, logits[index]))
+        finished = []
+        for index, (request, count) in enumerate(zip(batch, counts, strict=True)):
+            request.prefilled += count
+            if request.prefilled == len(request.prompt_ids):
+                finished.append((request, logits[index]))
+        for request, row_logits in finished:
+            self._start_decoding(request, row_logits)
         self._retire_finished()
-        log.debug("admitted %d in %.3f s", len(newcomers), time.perf_counter() - started)
 
-    def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Left-padded batched prefill in chunks; returns last-position logits and per-layer KV."""
-        padded = max(len(p) for p in prompts)
-        pads = torch.tensor([padded - len(p) for p in prompts])
-        input_ids = torch.tensor([[0] * (padded - len(p)) + p for p in prompts], dtype=torch.long)
-        columns = torch.arange(padded)
-        positions = (columns.unsqueeze(0) - pads.unsqueeze(1)).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        logits = None
-        for start in range(0, padded, self.prefill_chunk):
-            end = min(padded, start + self.prefill_chunk)
-            mask = _prefill_mask(pads, start, end, self.model.dtype)
-            output = self.model(
-                input_ids=input_ids[:, start:end],
-                position_ids=positions[:, start:end],
-                attention_mask=mask,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            logits = output.logits[:, -1, :].float()
-        assert logits is not None
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
-        return logits, kv
+    def _start_decoding(self, request: _Request, logits: torch.Tensor) -> None:
+        """Move a prefilled row to the front of the prefill slots, which makes it the last decoding slot."""
+        decoding = len(self._running)
+        index = self._prefilling.index(request)
+        if index != 0:
+            first = self._prefilling[0]
+            self._cache.swap(decoding, decoding + index, max(first.prefilled, request.prefilled))
+        with self._lock:
+            self._prefilling[0], self._prefilling[index] = request, self._prefilling[0]
+            self._prefilling.pop(0)
+            self._running.append(request)
+        request.length = len(request.prompt_ids)
+        self._accept_token(request, self._choose(request, logits))
+
+    def _drop_prefilling(self, request: _Request, reason: str, *, error: str | None = None, keep: bool = True) -> None:
+        """Leave before the prompt is done; what was computed is kept for a retry of the same prompt."""
+        index = self._prefilling.index(request)
+        slot = len(self._running) + index
+        if keep:
+            self._remember(request.prompt_ids[: request.prefilled], slot)
+        last = len(self._prefilling) - 1
+        if index != last:  # the last prefill row takes this one's slot
+            self._cache.move(slot + last - index, slot, self._prefilling[last].prefilled)
+        with self._lock:
+            self._prefilling[index] = self._prefilling[last]
+            self._prefilling.pop()
+        self._release_if_idle()
+        self._finish(request, reason, error=error)
 
     def _decode_step(self) -> None:
         batch = self._running
         lengths = [r.length for r in batch]
         try:
-            logits = self._decode_one_token(batch, lengths)
+            logits = self._forward([[r.generated[-1]] for r in batch], lengths, [1] * len(batch), 1)
         except Exception as error:
             log.exception("decode step failed")
             for request in list(batch):
                 self._finish(request, "error", error=f"generation failed: {error}")
             with self._lock:
                 self._running.clear()
+                for request in self._prefilling:  # their rows were in the buffers being dropped
+                    request.prefilled = 0
             self._cache.release()
             return
         self._steps += 1
@@ -423,21 +488,28 @@ class Engine:
             self._accept_token(request, self._choose(request, logits[index]))
         self._retire_finished()
 
-    def _decode_one_token(self, batch: list[_Request], lengths: list[int]) -> torch.Tensor:
-        return self._decode_one_token_ids([r.generated[-1] for r in batch], lengths)
+    def _forward(
+        self, token_rows: list[list[int]], starts: list[int], counts: list[int], width: int, first_row: int = 0
+    ) -> torch.Tensor:
+        """Feed ``counts[i]`` tokens to slot ``first_row + i`` from position ``starts[i]``; next-token logits.
 
-    def _decode_one_token_ids(self, last_tokens: list[int], lengths: list[int]) -> torch.Tensor:
-        """One batched forward step: row i feeds ``last_tokens[i]`` at position ``lengths[i]``."""
-        self._cache.prepare_step(lengths)
-        kv_length = self._cache.step_kv_length
-        allowed = torch.arange(kv_length).unsqueeze(0) <= torch.tensor(lengths).unsqueeze(1)
+        A decode step is a chunk of width 1. Each row is left-padded to ``width``;
+        padding queries see only column 0 and their outputs are never used (see
+        ``SlotKVCache.prepare_chunk``).
+        """
+        cache = self._cache
+        cache.prepare_chunk(starts, counts, width, first_row)
+        pads = torch.tensor([width - count for count in counts]).unsqueeze(1)
+        positions = (torch.tensor(starts).unsqueeze(1) + torch.arange(width).unsqueeze(0) - pads).clamp_(min=0)
+        kv_length = cache.step_kv_length
+        allowed = torch.arange(kv_length).view(1, 1, -1) <= positions.unsqueeze(2)
         dtype = self.model.dtype
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
         output = self.model(
-            input_ids=torch.tensor(last_tokens, dtype=torch.long).unsqueeze(1),
-            position_ids=torch.tensor(lengths, dtype=torch.long).unsqueeze(1),
-            attention_mask=mask.view(len(lengths), 1, 1, kv_length),
-            past_key_values=self._cache,
+            input_ids=torch.tensor(token_rows, dtype=torch.long),
+            position_ids=positions,
+            attention_mask=mask.unsqueeze(1),
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -481,19 +553,36 @@ class Engine:
             self._retire(request)
 
     def _retire(self, request: _Request) -> None:
-        """Leave the batch: the last row moves into this row's slot."""
+        """Leave the decode rows: the KV goes to the prefix cache, and two moves keep the slots packed.
+
+        The last decoding row takes this row's slot, then the last prefilling row
+        takes the slot the decoding rows no longer use. (Only this thread changes
+        the lists; the lock is for readers on the event loop.)
+        """
+        index = self._running.index(request)
+        if request.finish_reason != "error":
+            self._remember([*request.prompt_ids, *request.generated][: request.length], index)
+        last = len(self._running) - 1
+        if index != last:
+            self._cache.move(last, index, self._running[last].length)
+        if self._prefilling:
+            self._cache.move(last + len(self._prefilling), last, self._prefilling[-1].prefilled)
         with self._lock:
-            index = self._running.index(request)
-            last = len(self._running) - 1
-            if index != last:
-                moved = self._running[last]
-                self._cache.move(last, index, moved.length)
-                self._running[index] = moved
+            self._running[index] = self._running[last]
             self._running.pop()
-            idle = not self._running
-        if idle and self._cache.capacity > KEEP_CAPACITY_WHEN_IDLE:
-            self._cache.release()
+            if self._prefilling:
+                self._prefilling.insert(0, self._prefilling.pop())
+        self._release_if_idle()
         self._finish(request, request.finish_reason or "cancelled")
+
+    def _release_if_idle(self) -> None:
+        """Free slot buffers grown past the usual size once nobody uses them."""
+        if not (self._running or self._prefilling) and self._cache.capacity > KEEP_CAPACITY_WHEN_IDLE:
+            self._cache.release()
+
+    def _remember(self, token_ids: list[int], slot: int) -> None:
+        if self._prefix_cache.enabled and token_ids:
+            self._prefix_cache.insert(token_ids, self._cache.row(slot, len(token_ids)))
 
     def _finish(self, request: _Request, reason: str, *, error: str | None = None) -> None:
         if request.done:
@@ -517,21 +606,9 @@ class Engine:
                 ),
                 total_time=now - request.submitted_at,
                 error=error,
+                cached_tokens=request.cached_tokens,
             )
         )
-
-
-def _prefill_mask(pads: torch.Tensor, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask for query columns ``start:end`` over key columns ``0:end``.
-
-    A query may see keys at or before itself that are not left padding. Padding
-    queries see nothing useful, but get finite values, never NaN.
-    """
-    queries = torch.arange(start, end).view(1, -1, 1)
-    keys = torch.arange(end).view(1, 1, -1)
-    allowed = (keys <= queries) & (keys >= pads.view(-1, 1, 1))
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask.unsqueeze(1)
 
 
 def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
@@ -546,12 +623,14 @@ def _vocab_size(model: Any) -> int:
     return int(model.config.vocab_size)
 
 
-def _num_layers(model: Any) -> int:
-    config = model.config
-    getter = getattr(config, "get_text_config", None)
-    text_config = getter() if callable(getter) else config
-    for attribute in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(text_config, attribute, None)
-        if isinstance(value, int):
-            return value
-    raise ValueError("cannot tell how many layers the model has")
+def _kv_layout(model: Any) -> tuple[list[tuple[int, int]], torch.dtype]:
+    """Each layer's ``(kv_heads, head_dim)`` and the dtype, read off one real forward.
+
+    Asking the model beats reading config fields, which differ per architecture
+    (GQA heads, GPT-2's fused projections, per-layer head counts).
+    """
+    cache = DynamicCache(config=model.config)
+    one = torch.zeros((1, 1), dtype=torch.long)
+    model(input_ids=one, position_ids=one, cache=cache, use_cache=True, logits_to_keep=1)
+    shapes = [(int(layer.keys.shape[1]), int(layer.keys.shape[3])) for layer in cache.layers]
+    return shapes, cache.layers[0].keys.dtype
