@@ -49,9 +49,12 @@ IDLE_PREFILL_TOKENS = 2048
 # Fewest columns per row in a prefill chunk, so many short prompts share one forward.
 MIN_CHUNK_COLUMNS = 16
 DEFAULT_PREFIX_CACHE_MB = 2048
-# KV slot buffers grow with the longest chat; above this many columns they are
-# freed when the batch empties, so one long chat does not pin gigabytes for good.
-KEEP_CAPACITY_WHEN_IDLE = 1024
+# KV slot buffers are allocated for this many tokens per row at warm-up and kept:
+# growing them later means allocating and copying gigabytes in one go (0.5-2 s here,
+# every stream frozen meanwhile). A longer chat grows them; they shrink back to this
+# size when the batch empties, so one long chat does not pin memory for good.
+# SmolLM2 at 16 rows: 16 x 4096 x 46 KB = 3 GB.
+DEFAULT_KV_RESERVE_TOKENS = 4096
 
 
 class EngineBusy(RuntimeError):
@@ -190,6 +193,7 @@ class Engine:
         prefill_chunk: int = PREFILL_CHUNK,
         idle_prefill_tokens: int = IDLE_PREFILL_TOKENS,
         prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
+        kv_reserve_tokens: int = DEFAULT_KV_RESERVE_TOKENS,
     ) -> None:
         if max_batch_size < 1 or max_queue < 0:
             raise ValueError("max_batch_size must be >= 1 and max_queue >= 0")
@@ -205,6 +209,7 @@ class Engine:
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.idle_prefill_tokens = idle_prefill_tokens
+        self.kv_reserve_tokens = max(1, min(kv_reserve_tokens, self.context_length + 1))
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []  # decoding, in decode-cache row order
@@ -320,8 +325,13 @@ class Engine:
         with torch.inference_mode():
             try:
                 layer_shapes, dtype = _kv_layout(self.model)
-            except Exception:
+            except Exception as error:
                 log.exception("the model cannot run a single token: the engine stops")
+                with self._lock:
+                    self._accepting = False
+                    for request in self._waiting:
+                        self._finish(request, "error", error=f"generation failed: {error}")
+                    self._waiting.clear()
                 self._ready.set()  # nobody waits forever; submit() sees the worker gone
                 return
             self._cache = SlotKVCache(layer_shapes, dtype, self.max_batch_size, self.context_length)
@@ -355,6 +365,7 @@ class Engine:
                 self._forward([[0]] * batch, [dummy] * batch, [1] * batch, 1)
             chunk = min(self.prefill_chunk, self.context_length - 1)
             self._forward([[0] * chunk], [0], [chunk], chunk)
+            self._cache.ensure_capacity(self.kv_reserve_tokens)
         except Exception:  # warm-up is an optimisation; serving reports real faults
             log.exception("engine warm-up failed")
         log.info("engine warmed up in %.1f s", time.perf_counter() - started)
@@ -577,8 +588,9 @@ class Engine:
 
     def _release_if_idle(self) -> None:
         """Free slot buffers grown past the usual size once nobody uses them."""
-        if not (self._running or self._prefilling) and self._cache.capacity > KEEP_CAPACITY_WHEN_IDLE:
+        if not (self._running or self._prefilling) and self._cache.capacity > self.kv_reserve_tokens:
             self._cache.release()
+            self._cache.ensure_capacity(self.kv_reserve_tokens)
 
     def _remember(self, token_ids: list[int], slot: int) -> None:
         if self._prefix_cache.enabled and token_ids:
