@@ -43,7 +43,7 @@ FINISH_REASON_MAX = 16  # messages.finish_reason is VARCHAR(16)
 INT32_MAX = 2**31 - 1  # the counts are INTEGER columns
 SEARCH_MAX_CHARS = 100
 SEARCH_TIMEOUT_SECONDS = 2.0
-SQLITE_PROGRESS_STEPS = 10_000  # virtual machine steps between deadline checks (~1 ms)
+SQLITE_PROGRESS_STEPS = 1_000  # VM steps between deadline checks (a LIKE over a long text is one step)
 
 
 @dataclass(frozen=True)
@@ -413,34 +413,22 @@ class Repository:
         """
         limit = max(1, min(int(limit), 500))
         offset = max(0, int(offset))
-        own_conversations = select(Conversation.id).where(Conversation.user_id == user_id)
-        counts = (
-            select(Message.conversation_id, func.count(Message.id).label("n"))
-            .where(Message.conversation_id.in_(own_conversations))
-            .group_by(Message.conversation_id)
-            .subquery()
+        # correlated to each of this user's conversations: the planner probes the
+        # (conversation_id, seq) index per chat and never reads another user's messages
+        message_count = (
+            select(func.count(Message.id)).where(Message.conversation_id == Conversation.id).scalar_subquery()
         )
-        query = (
-            select(Conversation, func.coalesce(counts.c.n, 0))
-            .outerjoin(counts, counts.c.conversation_id == Conversation.id)
-            .where(Conversation.user_id == user_id)
-        )
+        query = select(Conversation, message_count).where(Conversation.user_id == user_id)
         searching = bool(search and search.strip())
         if searching:
             assert search is not None
-            wanted = check_search(search)
-            pattern = "%" + _escape_like(wanted) + "%"
-            matching_messages = (
-                select(Message.conversation_id)
-                .join(Conversation, Conversation.id == Message.conversation_id)
-                .where(Conversation.user_id == user_id, Message.content.ilike(pattern, escape="\\"))
+            pattern = "%" + _escape_like(check_search(search)) + "%"
+            matching_message = (
+                select(Message.id)
+                .where(Message.conversation_id == Conversation.id, Message.content.ilike(pattern, escape="\\"))
+                .exists()
             )
-            query = query.where(
-                or_(
-                    Conversation.title.ilike(pattern, escape="\\"),
-                    Conversation.id.in_(matching_messages),
-                )
-            )
+            query = query.where(or_(Conversation.title.ilike(pattern, escape="\\"), matching_message))
         query = query.order_by(Conversation.updated_at.desc(), Conversation.id).limit(limit).offset(offset)
         async with self.database.reader() as session:
             if not searching:
@@ -625,7 +613,10 @@ async def _statement_deadline(session: AsyncSession, seconds: float) -> AsyncIte
     connection's own thread, interrupts the statement once the deadline has passed.
     """
     if session.bind.dialect.name != "sqlite":
-        await session.execute(text(f"SET LOCAL statement_timeout = {int(seconds * 1000)}"))
+        await session.execute(text(f"SET LOCAL statement_timeout = {max(1, int(seconds * 1000))}"))
+        # asyncpg prepares statements: after five runs PostgreSQL may keep a generic plan
+        # made when the tables were small (a scan of every message); plan for this user
+        await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
         yield
         return
     connection = await session.connection()

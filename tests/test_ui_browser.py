@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, add_user, build_tiny_llama, running_server
+from tests.support import ROOT, add_user, browser_login, build_tiny_llama, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -40,21 +40,13 @@ def page():
         browser.close()
 
 
-def log_in(page, url: str) -> None:
-    page.goto(url)
-    page.get_by_label("username").fill("tester")
-    page.get_by_label("password").fill("tester-password")
-    page.get_by_role("button", name=re.compile("login", re.I)).click()
-    page.locator("#message textarea").wait_for(timeout=30_000)
-
-
 def last_reply(page) -> str:
     bubbles = page.locator("#chat .message.bot, #chat .bot-row .message")
     return bubbles.last.inner_text() if bubbles.count() else ""
 
 
 def test_a_tester_chats_reloads_reopens_and_exports(server, page):
-    log_in(page, server.url)
+    browser_login(page, server.url, "tester", "tester-password")
     page.screenshot(path=ARTIFACTS / "1-logged-in.png")
 
     page.locator("#message textarea").fill("Hello <script>window.__pwned = 1</script> browser")
