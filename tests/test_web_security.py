@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -11,7 +12,15 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from app.login_guard import FREE_FAILURES_PER_ADDRESS, FREE_FAILURES_PER_PAIR, LoginGuard, Throttled
+from app.login_guard import (
+    FREE_FAILURES_PER_ADDRESS,
+    FREE_FAILURES_PER_PAIR,
+    MAX_CONCURRENT_HASHES,
+    MAX_WAITING_HASHES,
+    HashingBusy,
+    LoginGuard,
+    Throttled,
+)
 from tests.support import PYTHON, ROOT, add_user, api_client, build_tiny_llama, login_cookies, running_server
 
 PASSWORD = "password-123"
@@ -187,3 +196,21 @@ def test_uploads_are_refused(server):
     assert answer.status_code == 403 and "accepts no file uploads" in answer.text
     assert time.monotonic() - started < 10
     assert httpx.post(server.url + "gradio_api/upload", files={"files": ("a.txt", b"x")}).status_code == 403
+
+
+async def test_password_hashes_run_one_at_a_time_and_a_flood_is_told_to_wait():
+    guard = LoginGuard()
+    active, most = [0], [0]
+
+    def slow_hash() -> None:
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.02)
+        active[0] -= 1
+
+    outcomes = await asyncio.gather(*(guard.hash_in_turn(slow_hash) for _ in range(MAX_WAITING_HASHES + 8)),
+                                    return_exceptions=True)
+    busy = [o for o in outcomes if isinstance(o, HashingBusy)]
+    assert most[0] == MAX_CONCURRENT_HASHES  # the model's threads keep the other core(s)
+    assert busy and "Too many logins at once" in str(busy[0])
+    assert len(outcomes) - len(busy) >= MAX_WAITING_HASHES
