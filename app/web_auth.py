@@ -176,8 +176,11 @@ def build_auth_router(
         return response
 
     @router.get("/logout", response_model=None)
-    async def logout_page() -> Response:
-        # a GET must not change state (a link or an image could log people out)
+    async def logout_link(request: Request) -> Response:
+        """The page's "Log out" link. A GET from anywhere else (a link or an image on another
+        page, which may even be same-site) only gets a button to confirm."""
+        if request.headers.get("sec-fetch-site") in ("same-origin", "none"):
+            return await logout(request)
         return page("Log out", '<form method="post" action="/logout"><button type="submit">Log out</button></form>')
 
     def account_body(login: CurrentLogin, error: str = "", note: str = "") -> str:

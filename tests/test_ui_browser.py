@@ -174,3 +174,7 @@ def test_a_page_on_another_origin_reads_nothing_of_a_logged_in_user(server, page
 
     page.goto(server.url)  # the refused cross-origin logout did nothing: still logged in
     page.locator("#message textarea").wait_for(timeout=30_000)
+    page.locator("#logout").click()  # and the page's own Log out ends the login
+    page.wait_for_url("**/login", timeout=30_000)
+    page.goto(server.url)
+    assert "/login" in page.url and page.get_by_label("Username").is_visible()
