@@ -73,20 +73,27 @@ class RateLimited(ChatError):
 SEARCHES_PER_WINDOW = 30
 SEARCH_WINDOW_SECONDS = 10.0
 SEARCHES_WAITING_PER_USER = 2
+SEARCHES_AT_ONCE = 4  # SQLAlchemy's default pool holds 5 (+10 overflow) connections
+SEARCH_SLOT_WAIT_SECONDS = 3.0
 
 
 class SearchGate:
-    """Per user: one search runs at a time, at most two wait behind it, and at most
-    ``SEARCHES_PER_WINDOW`` start per ``SEARCH_WINDOW_SECONDS``.
+    """Bounds what searching can take from the database.
 
-    With the storage's time limit per search this bounds what one user can take
-    from the database: one connection, for at most a couple of seconds at a time.
+    Per user: one search runs at a time, at most ``SEARCHES_WAITING_PER_USER`` wait
+    behind it, and at most ``SEARCHES_PER_WINDOW`` start per ``SEARCH_WINDOW_SECONDS``.
+    For everyone together: at most ``at_once`` searches run at the same time, so they
+    can never hold the whole connection pool (opening a chat, sending, ``/healthz``
+    always find a connection); a search that cannot start within ``wait_seconds`` is
+    refused. With the storage's time limit per search, each slot frees within seconds.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, at_once: int = SEARCHES_AT_ONCE, wait_seconds: float = SEARCH_SLOT_WAIT_SECONDS) -> None:
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, int] = {}
         self._started: dict[str, deque[float]] = {}
+        self._running = asyncio.Semaphore(at_once)
+        self._wait_seconds = wait_seconds
 
     @contextlib.asynccontextmanager
     async def turn(self, username: str) -> AsyncIterator[None]:
@@ -106,7 +113,15 @@ class SearchGate:
             self._waiting[username] -= 1
         try:
             started.append(time.monotonic())
-            yield
+            try:
+                async with asyncio.timeout(self._wait_seconds):
+                    await self._running.acquire()
+            except TimeoutError:
+                raise RateLimited("Search is busy for everyone right now; try again in a moment.") from None
+            try:
+                yield
+            finally:
+                self._running.release()
         finally:
             lock.release()
 

@@ -141,7 +141,9 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
     guard = LoginGuard()
 
     def repository() -> Repository:
-        return holder.get().repository
+        if holder.service is None:
+            raise DatabaseUnavailable()  # still starting: "try again in a minute"
+        return holder.service.repository
 
     def sessions() -> SessionManager:
         manager = resources.get("sessions")

@@ -231,7 +231,7 @@ def build_auth_router(
             return page("Account", account_body(login, f"Not changed: {error}."), 400)
         except (Throttled, HashingBusy) as error:
             return page("Account", account_body(login, str(error)), 429)
-        except (SQLAlchemyError, OSError):
+        except (SQLAlchemyError, OSError, DatabaseUnavailable):
             return page("Account", account_body(login, UNAVAILABLE), 503)
         return page("Account", account_body(login, note="Password changed. Your other logins were ended."))
 
@@ -270,7 +270,7 @@ def build_auth_router(
                 return page("Create an account", message(str(error)) + signup_form, 400)
             except HashingBusy as error:
                 return page("Create an account", message(str(error)) + signup_form, 503)
-            except (SQLAlchemyError, OSError):
+            except (SQLAlchemyError, OSError, DatabaseUnavailable):
                 return page("Create an account", message(UNAVAILABLE) + signup_form, 503)
             return RedirectResponse("/login", status_code=303)
 

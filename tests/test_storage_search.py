@@ -107,3 +107,27 @@ async def test_search_gate_runs_one_search_per_user_and_throttles_bursts():
     with pytest.raises(RateLimited, match="Too many searches"):
         async with gate.turn("alice"):
             pass
+
+
+async def test_searches_of_everyone_together_never_hold_more_than_a_few_connections():
+    gate = SearchGate(at_once=2, wait_seconds=0.2)
+    release = asyncio.Event()
+    running: list[str] = []
+
+    async def search(name: str) -> None:
+        async with gate.turn(name):
+            running.append(name)
+            await release.wait()
+
+    holders = [asyncio.create_task(search(name)) for name in ("u1", "u2")]
+    await asyncio.sleep(0.05)
+    with pytest.raises(RateLimited, match="busy for everyone"):
+        await search("u3")
+    release.set()
+    await asyncio.gather(*holders)
+    release.clear()
+    waiter = asyncio.create_task(search("u3"))  # a free slot: runs at once
+    await asyncio.sleep(0.05)
+    assert running == ["u1", "u2", "u3"]
+    release.set()
+    await waiter
