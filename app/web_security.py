@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -132,12 +132,11 @@ class SecurityMiddleware:
             return
         if method in ("GET", "HEAD") and path in self.page_paths and not await self.logged_in(Request(scope)):
             target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
-            response = RedirectResponse("/login?next=" + quote(target, safe=""), status_code=303)
-            await self._answer(scope, receive, send, response)
+            await self._answer(scope, receive, send, RedirectResponse("/login?next=" + quote(target, safe=""), 303))
             return
         await self.app(scope, receive, self._with_headers(send))
 
-    async def _answer(self, scope: Scope, receive: Receive, send: Send, response: PlainTextResponse) -> None:
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, response: Response) -> None:
         await response(scope, receive, self._with_headers(send))
 
     @staticmethod
