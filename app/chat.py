@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 import unicodedata
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from app.engine import (
     Turn,
 )
 from app.export import FILE_SUFFIX, write_export
-from storage.errors import InvalidInput, NotFound
+from storage.errors import InvalidInput, NotFound, SearchTooSlow
 from storage.repository import ConversationRecord, ConversationSummary, MessageRecord, NewMessage, Repository
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,62 @@ class Busy(ChatError):
 
 class RateLimited(ChatError):
     pass
+
+
+SEARCHES_PER_WINDOW = 30
+SEARCH_WINDOW_SECONDS = 10.0
+SEARCHES_WAITING_PER_USER = 2
+SEARCHES_AT_ONCE = 4  # SQLAlchemy's default pool holds 5 (+10 overflow) connections
+SEARCH_SLOT_WAIT_SECONDS = 3.0
+
+
+class SearchGate:
+    """Bounds what searching can take from the database.
+
+    Per user: one search runs at a time, at most ``SEARCHES_WAITING_PER_USER`` wait
+    behind it, and at most ``SEARCHES_PER_WINDOW`` start per ``SEARCH_WINDOW_SECONDS``.
+    For everyone together: at most ``at_once`` searches run at the same time, so they
+    can never hold the whole connection pool (opening a chat, sending, ``/healthz``
+    always find a connection); a search that cannot start within ``wait_seconds`` is
+    refused. With the storage's time limit per search, each slot frees within seconds.
+    """
+
+    def __init__(self, at_once: int = SEARCHES_AT_ONCE, wait_seconds: float = SEARCH_SLOT_WAIT_SECONDS) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}
+        self._started: dict[str, deque[float]] = {}
+        self._running = asyncio.Semaphore(at_once)
+        self._wait_seconds = wait_seconds
+
+    @contextlib.asynccontextmanager
+    async def turn(self, username: str) -> AsyncIterator[None]:
+        now = time.monotonic()
+        started = self._started.setdefault(username, deque())
+        while started and now - started[0] > SEARCH_WINDOW_SECONDS:
+            started.popleft()
+        if len(started) >= SEARCHES_PER_WINDOW:
+            raise RateLimited("Too many searches in a short time; wait a few seconds and search again.")
+        lock = self._locks.setdefault(username, asyncio.Lock())
+        if lock.locked() and self._waiting.get(username, 0) >= SEARCHES_WAITING_PER_USER:
+            raise RateLimited("Your earlier searches are still running; wait a moment and search again.")
+        self._waiting[username] = self._waiting.get(username, 0) + 1
+        try:
+            await lock.acquire()
+        finally:
+            self._waiting[username] -= 1
+        try:
+            started.append(time.monotonic())
+            try:
+                async with asyncio.timeout(self._wait_seconds):
+                    await self._running.acquire()
+            except TimeoutError:
+                raise RateLimited("Search is busy for everyone right now; try again in a moment.") from None
+            try:
+                yield
+            finally:
+                self._running.release()
+        finally:
+            lock.release()
 
 
 @dataclass(frozen=True)
@@ -166,6 +223,7 @@ class ChatService:
         self.rate_limit = rate_limit
         self.rate_period = rate_period
         self._throttlers: dict[str, Throttler] = {}
+        self._searches = SearchGate()
         self.export_dir = export_dir or Path(tempfile.mkdtemp(prefix="chat-exports-"))
 
     # ------------------------------------------------------------ identity
@@ -202,8 +260,13 @@ class ChatService:
     ) -> list[ConversationSummary]:
         user_id = await self.user_id(username)
         try:
-            return await self.repository.list_conversations(user_id, limit=limit, offset=offset, search=search)
+            if not (search and search.strip()):
+                return await self.repository.list_conversations(user_id, limit=limit, offset=offset)
+            async with self._searches.turn(username or ""):
+                return await self.repository.list_conversations(user_id, limit=limit, offset=offset, search=search)
         except InvalidInput as error:
+            raise ChatError(f"Cannot search: {error}.") from None
+        except SearchTooSlow as error:
             raise ChatError(str(error)) from None
 
     async def open(self, username: str | None, conversation_id: str) -> ConversationRecord:

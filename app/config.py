@@ -53,6 +53,7 @@ class Settings:
     signup: str = "closed"
     threads: int = 0
     fast_kernels: bool = True
+    allowed_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -79,6 +80,7 @@ class Settings:
             signup=signup,
             threads=_int(env, "CHAT_THREADS", 0),
             fast_kernels=(env.get("CHAT_FAST_KERNELS") or "1").strip().lower() not in {"0", "false", "no", "off"},
+            allowed_origins=tuple(o.strip() for o in (env.get("CHAT_ALLOWED_ORIGINS") or "").split(",") if o.strip()),
         )
 
 

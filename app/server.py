@@ -10,78 +10,37 @@ rest (their handlers store the partial replies), close the database.
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 import os
 import sys
-import time
-from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import gradio as gr
 import uvicorn
-from fastapi import FastAPI, Form
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.auth import WeakPassword, check_password_strength, generate_password, hash_password, verify_password
+from app.auth import generate_password, hash_password
 from app.chat import ChatService
 from app.config import Settings
 from app.engine import Engine, LoadedModel, ModelLoadError, PromptFormat, load_model
 from app.engine.fast_linear import pack_linear_layers
+from app.login_guard import LoginGuard
 from app.migrate import upgrade_async
+from app.sessions import DatabaseUnavailable, SessionManager
 from app.ui import CSS, ServiceHolder, build_ui
+from app.web_auth import build_auth_router
+from app.web_security import SecurityMiddleware
 from storage.database import Database
-from storage.errors import Conflict, InvalidInput, NotFound
 from storage.repository import Repository
 
 log = logging.getLogger("app.server")
 
 FIRST_ADMIN = "admin"
 SHUTDOWN_GRACE_SECONDS = 5.0
-LOGIN_FAILURES_ALLOWED = 5
-LOGIN_FAILURE_WINDOW = 60.0
-
-
-class LoginGuard:
-    """Checks passwords off the event loop and slows down password guessing.
-
-    scrypt costs ~50 ms of CPU on purpose, so it runs in a thread; after
-    ``LOGIN_FAILURES_ALLOWED`` failures in a minute a name is refused outright.
-    """
-
-    def __init__(self, holder: ServiceHolder) -> None:
-        self.holder = holder
-        self.failures: dict[str, deque[float]] = defaultdict(deque)
-        # checked for unknown names too, so response time does not reveal which names exist
-        self.decoy_hash = hash_password("decoy password for unknown users")
-
-    async def check(self, username: str, password: str) -> bool:
-        """Gradio's login callback. It must be a coroutine *function* (a bound async method
-        is one): Gradio awaits only those, and would take the coroutine object returned by
-        an instance's async ``__call__`` as a truthy "yes" without running it."""
-        service = self.holder.service
-        if service is None:
-            return False
-        recent = self.failures[username]
-        now = time.monotonic()
-        while recent and now - recent[0] > LOGIN_FAILURE_WINDOW:
-            recent.popleft()
-        if len(recent) >= LOGIN_FAILURES_ALLOWED:
-            return False
-        try:
-            user = await service.repository.get_user(username)
-        except NotFound:
-            user = None
-        stored = user.password_hash if user else self.decoy_hash
-        ok = await asyncio.to_thread(verify_password, password, stored)
-        if not (ok and user):
-            recent.append(now)
-            return False
-        return True
-
-
 async def ensure_first_admin(repository: Repository) -> None:
     """On an empty database create ``admin`` and print its password once.
 
@@ -105,15 +64,6 @@ async def ensure_first_admin(repository: Repository) -> None:
         )
 
 
-SIGNUP_PAGE = """<!doctype html><html><head><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sign up · Team Chat</title><style>body{{font-family:system-ui;max-width:380px;margin:10vh auto;padding:0 16px}}
-input,button{{display:block;width:100%;margin:8px 0;padding:8px;font-size:1rem}}.err{{color:#b00}}</style></head>
-<body><h1>Create an account</h1><p class="err">{error}</p><form method="post" action="/signup">
-<input name="username" placeholder="username" required maxlength="64" autocomplete="username">
-<input name="password" type="password" placeholder="password (8+ characters)" required autocomplete="new-password">
-<button type="submit">Sign up</button></form><p><a href="/">Back to log in</a></p></body></html>"""
-
-
 def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
     """The ASGI app; ``loaded`` is the model, already loaded (see ``serve``)."""
     holder = ServiceHolder()
@@ -128,7 +78,9 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
         engine = Engine(loaded, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue)
         engine.start()
         await engine.wait_ready()
-        resources.update(database=database, engine=engine)
+        sessions = SessionManager(repository)
+        await sessions.prune()
+        resources.update(database=database, engine=engine, sessions=sessions)
         export_dir = settings.data_dir / "exports-tmp"
         export_dir.mkdir(parents=True, exist_ok=True)
         holder.service = ChatService(
@@ -186,22 +138,39 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
         report["status"] = "ok" if healthy else "degraded"
         return JSONResponse(report, status_code=200 if healthy else 503)
 
-    if settings.signup == "open":
+    guard = LoginGuard()
 
-        @app.get("/signup", response_class=HTMLResponse)
-        async def signup_page() -> str:
-            return SIGNUP_PAGE.format(error="")
+    def repository() -> Repository:
+        if holder.service is None:
+            raise DatabaseUnavailable()  # still starting: "try again in a minute"
+        return holder.service.repository
 
-        @app.post("/signup", response_model=None)
-        async def signup(username: str = Form(...), password: str = Form(...)) -> HTMLResponse | RedirectResponse:
-            service = holder.get()
-            try:
-                check_password_strength(password)
-                password_hash = await asyncio.to_thread(hash_password, password)
-                await service.repository.create_user(username, password_hash)
-            except (WeakPassword, InvalidInput, Conflict) as error:
-                return HTMLResponse(SIGNUP_PAGE.format(error=html.escape(str(error))), status_code=400)
-            return RedirectResponse("/", status_code=303)
+    def sessions() -> SessionManager:
+        manager = resources.get("sessions")
+        if not isinstance(manager, SessionManager):
+            raise DatabaseUnavailable()
+        return manager
+
+    async def logged_in(request: Request) -> bool:
+        try:
+            return await sessions().current(request) is not None
+        except DatabaseUnavailable:
+            return True  # let the page's own check answer "unavailable"
+
+    async def current_username(request: Request) -> str | None:
+        manager = resources.get("sessions")
+        if not isinstance(manager, SessionManager):
+            raise HTTPException(503, "The server is still starting; try again in a few seconds.")
+        return await manager.username(request)
+
+    app.include_router(build_auth_router(repository, sessions, guard, signup_open=settings.signup == "open"))
+    # Configuring CORSMiddleware here makes Gradio drop its own CORS layer (which allows
+    # any localhost origin with credentials); only origins the operator lists are allowed.
+    app.add_middleware(
+        CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_credentials=True,
+        allow_methods=["GET", "POST"], allow_headers=["*"],
+    )
+    app.add_middleware(SecurityMiddleware, logged_in=logged_in, allowed_origins=settings.allowed_origins)
 
     blocks = build_ui(holder, settings)
     # Async handlers run on the event loop. Gradio's default of 1 event at a time per
@@ -210,12 +179,9 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
     concurrency = max(100, 2 * (settings.max_batch_size + settings.max_queue))
     blocks.queue(default_concurrency_limit=concurrency, api_open=False)
     blocks.max_threads = 64
-    auth_message = "Log in with the account your admin gave you."
-    if settings.signup == "open":
-        auth_message += " New here? Create an account at /signup."
     return gr.mount_gradio_app(
-        app, blocks, path="/", auth=LoginGuard(holder).check, auth_message=auth_message, css=CSS, ssr_mode=False,
-        footer_links=[],
+        app, blocks, path="/", auth_dependency=current_username, css=CSS, ssr_mode=False, footer_links=[],
+        max_file_size=1,  # no uploads (the middleware refuses the route; this is a second lock)
     )
 
 

@@ -1,6 +1,6 @@
 """The Gradio Blocks page: layout and event wiring only; every rule lives in ChatService.
 
-Handlers read the user from ``request.username`` (Gradio's login) and nothing the
+Handlers read the user from ``request.username`` (our login, app/sessions.py) and nothing the
 browser sends can name another user. Text is shown as text: HTML in messages and
 titles is escaped outside code, so a ``<script>`` is displayed, never run.
 """
@@ -296,7 +296,9 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 export_md = gr.Button("This chat as Markdown", elem_id="export-md")
                 export_all = gr.Button("All my chats as JSONL", elem_id="export-all")
                 export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
-            gr.Button("Log out", link="/logout", size="sm")
+            with gr.Row():
+                gr.Button("Account", link="/account", size="sm", elem_id="account")
+                gr.Button("Log out", link="/logout", size="sm", elem_id="logout")
         chatbot = gr.Chatbot(
             label="Chat", elem_id="chat", buttons=["copy", "copy_all"], sanitize_html=True, height="60vh",
             placeholder="Start a new chat below, or open one of yours from the sidebar.",

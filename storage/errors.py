@@ -23,3 +23,7 @@ class InvalidInput(StorageError, ValueError):
 
 class Conflict(StorageError):
     """The value clashes with what is stored (a taken username, an existing id)."""
+
+
+class SearchTooSlow(StorageError):
+    """A search ran past its time limit and was stopped inside the database."""

@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 USERNAME_MAX = 64
 TITLE_MAX = 200
 MODEL_NAME_MAX = 200
+SESSION_HASH_LENGTH = 64  # hex SHA-256
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -72,6 +73,20 @@ class User(Base):
     conversations: Mapped[list[Conversation]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
     )
+
+
+class LoginSession(Base):
+    """One browser's login. Only a SHA-256 of the random cookie value is stored, so a
+    copy of the database cannot be used to log in; the row is bound to the user's id
+    (not the name), so a removed and re-added name never inherits old logins."""
+
+    __tablename__ = "login_sessions"
+    __table_args__ = (Index("ix_login_sessions_user", "user_id"),)
+
+    id_hash: Mapped[str] = mapped_column(String(SESSION_HASH_LENGTH), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Conversation(Base):

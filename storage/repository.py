@@ -10,23 +10,26 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.database import Database
-from storage.errors import Conflict, InvalidInput, NotFound
+from storage.errors import Conflict, InvalidInput, NotFound, SearchTooSlow
 from storage.models import (
     MODEL_NAME_MAX,
     TITLE_MAX,
     USERNAME_MAX,
     Conversation,
+    LoginSession,
     Message,
     User,
     utcnow,
@@ -38,6 +41,9 @@ USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 EXPORT_BATCH = 50
 FINISH_REASON_MAX = 16  # messages.finish_reason is VARCHAR(16)
 INT32_MAX = 2**31 - 1  # the counts are INTEGER columns
+SEARCH_MAX_CHARS = 100
+SEARCH_TIMEOUT_SECONDS = 2.0
+SQLITE_PROGRESS_STEPS = 1_000  # VM steps between deadline checks (a LIKE over a long text is one step)
 
 
 @dataclass(frozen=True)
@@ -250,20 +256,76 @@ class Repository:
         if not _storable(username):
             raise NotFound(f"no user named {username!r}")
         async with self.database.writer() as session, session.begin():
-            result = await session.execute(
-                update(User).where(User.username == username).values(password_hash=password_hash)
-            )
-            if result.rowcount == 0:
+            user_id = await session.scalar(select(User.id).where(User.username == username))
+            if user_id is None:
                 raise NotFound(f"no user named {username!r}")
+            await session.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))
+            # a changed password ends every login made with the old one
+            await session.execute(delete(LoginSession).where(LoginSession.user_id == user_id))
 
     async def delete_user(self, username: str) -> None:
         """Remove a user and (by cascade) all of their conversations."""
         if not _storable(username):
             raise NotFound(f"no user named {username!r}")
         async with self.database.writer() as session, session.begin():
-            result = await session.execute(delete(User).where(User.username == username))
-            if result.rowcount == 0:
+            user_id = await session.scalar(select(User.id).where(User.username == username))
+            if user_id is None:
                 raise NotFound(f"no user named {username!r}")
+            # explicit, though the foreign key cascades too: no login outlives its user
+            await session.execute(delete(LoginSession).where(LoginSession.user_id == user_id))
+            await session.execute(delete(User).where(User.id == user_id))
+
+    # ------------------------------------------------------------ login sessions
+
+    async def create_login_session(self, user_id: int, id_hash: str, expires_at: datetime) -> None:
+        async with self.database.writer() as session, session.begin():
+            if await session.get(User, user_id) is None:
+                raise NotFound(f"no user with id {user_id}")
+            session.add(LoginSession(id_hash=id_hash, user_id=user_id, expires_at=expires_at))
+
+    async def login_session_user(self, id_hash: str, now: datetime) -> tuple[UserRecord, datetime, datetime]:
+        """The user a live login belongs to, when it was made and when it expires; NotFound otherwise."""
+        async with self.database.reader() as session:
+            row = (
+                await session.execute(
+                    select(User, LoginSession.created_at, LoginSession.expires_at)
+                    .join(LoginSession, LoginSession.user_id == User.id)
+                    .where(LoginSession.id_hash == id_hash, LoginSession.expires_at > now)
+                )
+            ).first()
+            if row is None:
+                raise NotFound("no such login")
+            return _user_record(row[0]), row[1], row[2]
+
+    async def extend_login_session(self, id_hash: str, expires_at: datetime) -> None:
+        async with self.database.writer() as session, session.begin():
+            await session.execute(
+                update(LoginSession).where(LoginSession.id_hash == id_hash).values(expires_at=expires_at)
+            )
+
+    async def delete_login_session(self, id_hash: str) -> None:
+        async with self.database.writer() as session, session.begin():
+            await session.execute(delete(LoginSession).where(LoginSession.id_hash == id_hash))
+
+    async def delete_login_sessions_of(self, user_id: int) -> int:
+        async with self.database.writer() as session, session.begin():
+            result = await session.execute(delete(LoginSession).where(LoginSession.user_id == user_id))
+            return int(result.rowcount or 0)
+
+    async def delete_expired_login_sessions(self, now: datetime) -> int:
+        async with self.database.writer() as session, session.begin():
+            result = await session.execute(delete(LoginSession).where(LoginSession.expires_at <= now))
+            return int(result.rowcount or 0)
+
+    async def change_password(self, user_id: int, password_hash: str, keep_session: str) -> None:
+        """A user's own password change: every other login of theirs ends, this one stays."""
+        async with self.database.writer() as session, session.begin():
+            result = await session.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))
+            if result.rowcount == 0:
+                raise NotFound(f"no user with id {user_id}")
+            await session.execute(
+                delete(LoginSession).where(LoginSession.user_id == user_id, LoginSession.id_hash != keep_session)
+            )
 
     # ------------------------------------------------------------ conversations
 
@@ -342,34 +404,47 @@ class Repository:
     async def list_conversations(
         self, user_id: int, *, limit: int = 50, offset: int = 0, search: str | None = None
     ) -> list[ConversationSummary]:
-        """A user's chats, most recently active first; ``search`` matches titles and text."""
+        """A user's chats, most recently active first; ``search`` matches titles and text.
+
+        Every subquery is limited to this user's conversations, so another user's data
+        (however large) is never read; the pattern is capped at ``SEARCH_MAX_CHARS`` and a
+        search that runs longer than ``SEARCH_TIMEOUT_SECONDS`` is stopped inside the
+        database (raises :class:`SearchTooSlow`), so it cannot hold a connection for long.
+        """
         limit = max(1, min(int(limit), 500))
         offset = max(0, int(offset))
-        counts = (
-            select(Message.conversation_id, func.count(Message.id).label("n"))
-            .group_by(Message.conversation_id)
-            .subquery()
+        # correlated to each of this user's conversations: the planner probes the
+        # (conversation_id, seq) index per chat and never reads another user's messages
+        message_count = (
+            select(func.count(Message.id)).where(Message.conversation_id == Conversation.id).scalar_subquery()
         )
-        query = (
-            select(Conversation, func.coalesce(counts.c.n, 0))
-            .outerjoin(counts, counts.c.conversation_id == Conversation.id)
-            .where(Conversation.user_id == user_id)
-        )
-        if search and search.strip():
-            pattern = "%" + _escape_like(check_text(search.strip(), "search")) + "%"
-            matching_messages = select(Message.conversation_id).where(
-                Message.content.ilike(pattern, escape="\\")
+        query = select(Conversation, message_count).where(Conversation.user_id == user_id)
+        searching = bool(search and search.strip())
+        if searching:
+            assert search is not None
+            pattern = "%" + _escape_like(check_search(search)) + "%"
+            matching_message = (
+                select(Message.id)
+                .where(Message.conversation_id == Conversation.id, Message.content.ilike(pattern, escape="\\"))
+                .exists()
             )
-            query = query.where(
-                or_(
-                    Conversation.title.ilike(pattern, escape="\\"),
-                    Conversation.id.in_(matching_messages),
-                )
-            )
+            query = query.where(or_(Conversation.title.ilike(pattern, escape="\\"), matching_message))
         query = query.order_by(Conversation.updated_at.desc(), Conversation.id).limit(limit).offset(offset)
         async with self.database.reader() as session:
-            rows = await session.execute(query)
-            return [_summary(conversation, count) for conversation, count in rows]
+            if not searching:
+                rows = await session.execute(query)
+                return [_summary(conversation, count) for conversation, count in rows]
+            try:
+                async with _statement_deadline(session, SEARCH_TIMEOUT_SECONDS):
+                    rows = await session.execute(query)
+                    return [_summary(conversation, count) for conversation, count in rows]
+            except (OperationalError, DBAPIError) as error:
+                if _was_interrupted(error):
+                    raise SearchTooSlow(
+                        f"The search took longer than {SEARCH_TIMEOUT_SECONDS:g} seconds and was stopped; "
+                        "try more specific words."
+                    ) from None
+                raise
 
     async def rename_conversation(self, user_id: int, conversation_id: str, title: str) -> None:
         title = check_title(title)
@@ -519,6 +594,55 @@ class Repository:
                     conversation = await session.get(Conversation, cid)
                     if conversation is not None:  # deleted since the id list was read
                         yield await self._load_full(session, conversation)
+
+
+def check_search(search: str) -> str:
+    """The search words, stripped; refused when too long to be a search (costly to match)."""
+    wanted = check_text(search, "search").strip()
+    if len(wanted) > SEARCH_MAX_CHARS:
+        raise InvalidInput(f"the search is {len(wanted):,} characters long; at most {SEARCH_MAX_CHARS} allowed")
+    return wanted
+
+
+@asynccontextmanager
+async def _statement_deadline(session: AsyncSession, seconds: float) -> AsyncIterator[None]:
+    """Have the database itself stop statements of this session that run past ``seconds``.
+
+    PostgreSQL: ``SET LOCAL statement_timeout`` (ends with the transaction). SQLite has no
+    such setting: a progress handler, called every few thousand VM steps on the
+    connection's own thread, interrupts the statement once the deadline has passed.
+    """
+    if session.bind.dialect.name != "sqlite":
+        await session.execute(text(f"SET LOCAL statement_timeout = {max(1, int(seconds * 1000))}"))
+        # asyncpg prepares statements: after five runs PostgreSQL may keep a generic plan
+        # made when the tables were small (a scan of every message); plan for this user
+        await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        yield
+        return
+    connection = await session.connection()
+    raw = (await connection.get_raw_connection()).driver_connection
+    deadline = time.monotonic() + seconds
+
+    def past_deadline() -> int:
+        return 1 if time.monotonic() > deadline else 0
+
+    await raw.set_progress_handler(past_deadline, SQLITE_PROGRESS_STEPS)
+    try:
+        yield
+    except BaseException:
+        # the caller went away (a cancelled search): stop the statement at its next check
+        deadline = 0.0
+        raise
+    finally:
+        await raw.set_progress_handler(None, 0)
+
+
+def _was_interrupted(error: Exception) -> bool:
+    """A statement stopped by :func:`_statement_deadline` (SQLite "interrupted", PostgreSQL 57014)."""
+    original = getattr(error, "orig", None)
+    message = str(original or error).lower()
+    code = getattr(original, "sqlstate", None) or getattr(getattr(original, "__cause__", None), "sqlstate", None)
+    return "interrupted" in message or code == "57014" or "statement timeout" in message
 
 
 def _escape_like(text: str) -> str:

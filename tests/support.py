@@ -200,6 +200,31 @@ def running_server(data_dir: Path, model: str, **env: str) -> Iterator[ServerPro
         server.stop()
 
 
+def login_cookies(base_url: str, username: str, password: str, **client_options: object) -> httpx.Cookies:
+    """Log in through ``POST /login`` as a script would; returns the session cookie."""
+    with httpx.Client(**client_options) as client:  # type: ignore[arg-type]
+        response = client.post(base_url.rstrip("/") + "/login", data={"username": username, "password": password})
+    if response.status_code != 200:
+        raise RuntimeError(f"login as {username} failed: {response.status_code} {response.text}")
+    return response.cookies
+
+
+def api_client(base_url: str, username: str, password: str):
+    """A ``gradio_client.Client`` logged in as ``username``: its ``auth=`` posts to our ``/login``."""
+    from gradio_client import Client
+
+    return Client(base_url, auth=(username, password), verbose=False)
+
+
+def browser_login(page, base_url: str, username: str, password: str) -> None:
+    """Log in on our login page in a Playwright ``page`` and wait until the chat page is ready."""
+    page.goto(base_url.rstrip("/") + "/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.locator("#message textarea").wait_for(timeout=30_000)
+
+
 def copy_tree(source: Path, target: Path) -> Path:
     shutil.copytree(source, target, dirs_exist_ok=True)
     return target

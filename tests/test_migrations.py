@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -12,10 +13,10 @@ from sqlalchemy import inspect, text
 from app.config import sqlite_url
 from app.migrate import alembic_config, downgrade, upgrade
 from storage.database import BUSY_TIMEOUT_MS, Database, create_engine
-from storage.models import Base
+from storage.models import Base, utcnow
 from storage.repository import NewMessage, Repository
 
-APP_TABLES = {"users", "conversations", "messages"}
+APP_TABLES = {"users", "conversations", "messages", "login_sessions"}
 
 
 async def schema(url: str) -> tuple[set[str], list[str]]:
@@ -70,6 +71,31 @@ async def test_upgrade_downgrade_upgrade(database_url):
         chat = await repository.create_conversation(user.id, "after re-upgrade", "m")
         await repository.append_message(user.id, chat.id, NewMessage("user", "hello", [1, 70_000]))
         assert (await repository.get_conversation(user.id, chat.id)).messages[0].token_ids == [1, 70_000]
+    finally:
+        await database.dispose()
+
+
+async def test_login_sessions_upgrade_a_populated_database_without_loss(database_url):
+    """0001 -> head on a database with chats: nothing lost, and logins work afterwards."""
+    await asyncio.to_thread(upgrade, database_url, "0001")
+    database = Database(database_url)
+    try:
+        repository = Repository(database)
+        user = await repository.create_user("alice", "hash")
+        chat = await repository.create_conversation(user.id, "before the upgrade", "m")
+        await repository.append_message(user.id, chat.id, NewMessage("user", "kept", [5, 6]))
+        before = await repository.get_conversation(user.id, chat.id)
+        await database.dispose()
+
+        await asyncio.to_thread(upgrade, database_url)
+        assert await model_differences(database_url) == []
+        database = Database(database_url)
+        repository = Repository(database)
+        assert await repository.get_conversation(user.id, chat.id) == before
+        expires = utcnow() + timedelta(days=1)
+        await repository.create_login_session(user.id, "a" * 64, expires)
+        found, _created, _expires = await repository.login_session_user("a" * 64, utcnow())
+        assert found.id == user.id
     finally:
         await database.dispose()
 

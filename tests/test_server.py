@@ -18,13 +18,21 @@ from gradio_client import Client
 
 from storage.database import Database
 from storage.repository import Repository
-from tests.support import ServerProcess, add_user, build_tiny_llama, running_server, smollm2_folder
+from tests.support import (
+    ServerProcess,
+    add_user,
+    api_client,
+    build_tiny_llama,
+    login_cookies,
+    running_server,
+    smollm2_folder,
+)
 
 PASSWORD = "password-123"
 
 
 def client_for(server: ServerProcess, name: str) -> Client:
-    return Client(server.url, auth=(name, PASSWORD), verbose=False)
+    return api_client(server.url, name, PASSWORD)
 
 
 def bubble_texts(chatbot: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -298,7 +306,7 @@ def test_open_signup_creates_an_account_that_can_chat(strict_server, server):
     assert again.status_code == 400 and "already exists" in again.text
     weak = httpx.post(strict_server.url + "signup", data={"username": "weak", "password": "short"})
     assert weak.status_code == 400 and "at least 8" in weak.text
-    client = Client(strict_server.url, auth=("newcomer", "newcomer-password"), verbose=False)
+    client = api_client(strict_server.url, "newcomer", "newcomer-password")
     assert send(client, "hello from a newcomer", max_new_tokens=2)[1][3] == ""
 
 
@@ -314,12 +322,14 @@ def test_restart_keeps_every_chat_and_a_crash_mid_reply_can_be_retried(tmp_path,
         conversation_id = final[2]
         send(client, "second turn", conversation_id)
         before = stored(first, "alice", conversation_id)
+        session_cookie = dict(login_cookies(first.url, "alice", PASSWORD))
     finally:
         assert first.stop() == 0  # Ctrl-C ends cleanly
 
     second = ServerProcess(data, tiny_model, env).start()
     try:
-        client = client_for(second, "alice")
+        # the login made before the restart still works: no new login here
+        client = Client(second.url, httpx_kwargs={"cookies": session_cookie}, verbose=False)
         assert chat_titles(client) == ["before the restart"]
         chatbot = client.predict(conversation_id, api_name="/open")[0]
         assert [text for role, text in bubble_texts(chatbot) if role == "user"] == ["before the restart", "second turn"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, add_user, build_tiny_llama, running_server
+from tests.support import ROOT, add_user, browser_login, build_tiny_llama, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -40,21 +40,13 @@ def page():
         browser.close()
 
 
-def log_in(page, url: str) -> None:
-    page.goto(url)
-    page.get_by_label("username").fill("tester")
-    page.get_by_label("password").fill("tester-password")
-    page.get_by_role("button", name=re.compile("login", re.I)).click()
-    page.locator("#message textarea").wait_for(timeout=30_000)
-
-
 def last_reply(page) -> str:
     bubbles = page.locator("#chat .message.bot, #chat .bot-row .message")
     return bubbles.last.inner_text() if bubbles.count() else ""
 
 
 def test_a_tester_chats_reloads_reopens_and_exports(server, page):
-    log_in(page, server.url)
+    browser_login(page, server.url, "tester", "tester-password")
     page.screenshot(path=ARTIFACTS / "1-logged-in.png")
 
     page.locator("#message textarea").fill("Hello <script>window.__pwned = 1</script> browser")
@@ -113,3 +105,76 @@ def test_a_tester_chats_reloads_reopens_and_exports(server, page):
     page.locator("#chat .message.user, #chat .user-row .message").first.wait_for(timeout=30_000)
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=ARTIFACTS / "5-phone.png")
+
+
+PROBE_PAGE = """<!doctype html><html><body><iframe id="framed" src="{target}"></iframe><script>
+window.results = {{}};
+async function probe(name, path, init) {{
+  try {{
+    const answer = await fetch("{target}" + path, Object.assign({{credentials: "include"}}, init || {{}}));
+    window.results[name] = "read " + answer.status + ": " + (await answer.text()).slice(0, 200);
+  }} catch (error) {{
+    window.results[name] = "blocked";
+  }}
+}}
+(async () => {{
+  await probe("config", "config");
+  await probe("token", "gradio_api/token");
+  await probe("user", "gradio_api/user");
+  await probe("chats", "gradio_api/queue/join", {{method: "POST", headers: {{"Content-Type": "application/json"}},
+    body: JSON.stringify({{fn_index: 0, data: [], session_hash: "probe"}})}});
+  await probe("form", "logout", {{method: "POST", mode: "no-cors"}});
+  window.done = true;
+}})();
+</script></body></html>"""
+
+
+@pytest.fixture
+def other_origin_site(server):
+    """A page served from another port of the same host: same site, another origin."""
+    import http.server
+    import threading
+
+    body = PROBE_PAGE.format(target=server.url).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{site.server_address[1]}/"
+    finally:
+        site.shutdown()
+        site.server_close()
+
+
+def test_a_page_on_another_origin_reads_nothing_of_a_logged_in_user(server, page, other_origin_site):
+    refused_by_policy: list[str] = []
+    page.on("console", lambda message: refused_by_policy.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    browser_login(page, server.url, "tester", "tester-password")
+    assert page.evaluate("() => document.cookie") == ""  # the login cookie is HttpOnly: no script reads it
+    assert refused_by_policy == []  # our own page works under its policy
+
+    page.goto(other_origin_site)
+    page.wait_for_function("() => window.done === true", timeout=30_000)
+    results = page.evaluate("() => window.results")
+    assert results and all(value == "blocked" for value in results.values()), results
+    framed = next(frame for frame in page.frames if frame != page.main_frame)
+    assert not framed.url.startswith(server.url)  # the chat page refused to be framed
+
+    page.goto(server.url)  # the refused cross-origin logout did nothing: still logged in
+    page.locator("#message textarea").wait_for(timeout=30_000)
+    page.locator("#logout").click()  # and the page's own Log out ends the login
+    page.wait_for_url("**/login", timeout=30_000)
+    page.goto(server.url)
+    assert "/login" in page.url and page.get_by_label("Username").is_visible()

@@ -1,0 +1,133 @@
+"""Slowing password guessing without handing strangers a way to lock people out.
+
+Failures are counted per client address and per (name, address) pair, never per name
+alone: someone guessing alice's password from their machine slows down only
+themselves, and alice logging in from hers is unaffected. Each key earns a few free
+failures, then must wait a delay that doubles with every further failure (capped).
+Guessing across many names from one address is slowed by the per-address count.
+
+Memory is bounded: both tables are LRU maps with a fixed number of entries, and
+names are refused before any work when longer than a username can be. At most
+``MAX_CONCURRENT_HASHES`` scrypt computations run at once (each costs ~50 ms of CPU
+and 16 MB on purpose), and at most ``MAX_WAITING_HASHES`` wait for a turn; a login
+flood therefore gets "busy" answers instead of starving the model's threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+FREE_FAILURES_PER_PAIR = 5
+FREE_FAILURES_PER_ADDRESS = 20
+FIRST_DELAY_SECONDS = 2.0
+MAX_DELAY_SECONDS = 300.0
+FORGET_AFTER_SECONDS = 3600.0
+MAX_TRACKED_KEYS = 10_000
+MAX_CONCURRENT_HASHES = 1
+MAX_WAITING_HASHES = 16
+
+
+class Throttled(Exception):
+    """Too many failed logins from this address (for this name); says how long to wait."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class HashingBusy(Exception):
+    """Too many logins are being checked at once; try again in a moment."""
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    last: float = 0.0
+
+
+class _BoundedCounter:
+    """Failure counts per key in an LRU map of at most ``capacity`` entries."""
+
+    def __init__(self, capacity: int, free: int, clock: Callable[[], float]) -> None:
+        self.capacity = capacity
+        self.free = free
+        self.clock = clock
+        self.entries: OrderedDict[object, _Failures] = OrderedDict()
+
+    def _get(self, key: object) -> _Failures | None:
+        entry = self.entries.get(key)
+        if entry is not None and self.clock() - entry.last > FORGET_AFTER_SECONDS:
+            del self.entries[key]
+            return None
+        return entry
+
+    def wait_seconds(self, key: object) -> float:
+        """How long this key must still wait before its next attempt (0 when it may try)."""
+        entry = self._get(key)
+        if entry is None or entry.count < self.free:
+            return 0.0
+        delay = min(MAX_DELAY_SECONDS, FIRST_DELAY_SECONDS * 2 ** (entry.count - self.free))
+        return max(0.0, entry.last + delay - self.clock())
+
+    def fail(self, key: object) -> None:
+        entry = self._get(key) or _Failures()
+        entry.count += 1
+        entry.last = self.clock()
+        self.entries[key] = entry
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+    def forget(self, key: object) -> None:
+        self.entries.pop(key, None)
+
+
+class LoginGuard:
+    """Decides whether a login attempt may be checked, and runs the checks' hashing."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, capacity: int = MAX_TRACKED_KEYS) -> None:
+        self.per_address = _BoundedCounter(capacity, FREE_FAILURES_PER_ADDRESS, clock)
+        self.per_pair = _BoundedCounter(capacity, FREE_FAILURES_PER_PAIR, clock)
+        self._hashing = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
+        self._waiting = 0
+
+    def tracked_keys(self) -> int:
+        return len(self.per_address.entries) + len(self.per_pair.entries)
+
+    def check_allowed(self, username: str, address: str) -> None:
+        """Raise Throttled when this address (for this name) must wait."""
+        pair = (username.casefold(), address)
+        wait = max(self.per_address.wait_seconds(address), self.per_pair.wait_seconds(pair))
+        if wait > 0:
+            seconds = math.ceil(wait)
+            raise Throttled(
+                f"Too many failed logins from your address. Wait {seconds} second{'s' * (seconds != 1)} "
+                "and try again (check the name and password first).",
+                seconds,
+            )
+
+    def failed(self, username: str, address: str) -> None:
+        self.per_address.fail(address)
+        self.per_pair.fail((username.casefold(), address))
+
+    def succeeded(self, username: str, address: str) -> None:
+        self.per_pair.forget((username.casefold(), address))
+
+    async def hash_in_turn(self, function: Callable[..., object], *args: object) -> object:
+        """Run a password hash in a thread, at most ``MAX_CONCURRENT_HASHES`` at a time."""
+        if self._hashing.locked() and self._waiting >= MAX_WAITING_HASHES:
+            raise HashingBusy("Too many logins at once right now; try again in a few seconds.")
+        self._waiting += 1
+        try:
+            await self._hashing.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            return await asyncio.to_thread(function, *args)
+        finally:
+            self._hashing.release()
