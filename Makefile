@@ -38,7 +38,9 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 bench: $(STAMP)
-	$(PY) bench/throughput.py
+	$(PY) bench/throughput.py --requests 16
+	$(PY) bench/throughput.py --requests 32 --max-batch-size 32
+	$(PY) bench/multiturn.py
 
 clean-venv:
 	rm -rf $(VENV)

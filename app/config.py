@@ -53,6 +53,9 @@ class Settings:
     signup: str = "closed"
     threads: int = 0
     fast_kernels: bool = True
+    kv_cache_mb: float = 2048.0
+    prefill_chunk: int = 64
+    kv_reserve_tokens: int = 4096
     allowed_origins: tuple[str, ...] = ()
 
     @classmethod
@@ -80,6 +83,9 @@ class Settings:
             signup=signup,
             threads=_int(env, "CHAT_THREADS", 0),
             fast_kernels=(env.get("CHAT_FAST_KERNELS") or "1").strip().lower() not in {"0", "false", "no", "off"},
+            kv_cache_mb=_float(env, "CHAT_KV_CACHE_MB", 2048.0),
+            prefill_chunk=_int(env, "CHAT_PREFILL_CHUNK", 64),
+            kv_reserve_tokens=_int(env, "CHAT_KV_RESERVE_TOKENS", 4096),
             allowed_origins=tuple(o.strip() for o in (env.get("CHAT_ALLOWED_ORIGINS") or "").split(",") if o.strip()),
         )
 

@@ -75,7 +75,14 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
         database = Database(settings.database_url)
         repository = Repository(database)
         await ensure_first_admin(repository)
-        engine = Engine(loaded, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue)
+        engine = Engine(
+            loaded,
+            max_batch_size=settings.max_batch_size,
+            max_queue=settings.max_queue,
+            prefill_chunk=settings.prefill_chunk,
+            prefix_cache_mb=settings.kv_cache_mb,
+            kv_reserve_tokens=settings.kv_reserve_tokens,
+        )
         engine.start()
         await engine.wait_ready()
         sessions = SessionManager(repository)
@@ -130,6 +137,15 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
                 "max_batch_size": stats.max_batch_size,
                 "max_queue": stats.max_queue,
                 "generated_tokens": stats.generated_tokens,
+                "prefilling": stats.prefilling,
+                "prefix_cache": {
+                    "entries": stats.prefix_cache.entries,
+                    "mb_used": round(stats.prefix_cache.bytes_used / 2**20, 1),
+                    "mb_budget": round(stats.prefix_cache.budget_bytes / 2**20, 1),
+                    "hits": stats.prefix_cache.hits,
+                    "lookups": stats.prefix_cache.lookups,
+                    "reused_tokens": stats.prefix_cache.reused_tokens,
+                },
             }
             healthy = healthy and stats.alive
         else:
