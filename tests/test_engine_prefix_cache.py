@@ -208,3 +208,20 @@ def test_a_longer_turn_replaces_its_prefix_and_a_covered_one_is_not_stored():
     assert cache.longest_prefix([*turn_one, 7], limit=51)[0] == 50
     assert cache.longest_prefix([*range(MIN_TOKENS_TO_KEEP - 1), 9999], limit=100)[0] == 0  # too short
     assert PrefixCache(budget_bytes=0).longest_prefix(turn_one, limit=50) == (0, None)
+
+
+@pytest.mark.slow
+async def test_smollm2_second_turn_is_the_same_with_and_without_the_cache(smollm2):
+    """The real default model: a cache hit must not change a single token of the reply."""
+    with_cache, without = Chat(smollm2, "You are a helpful assistant."), Chat(smollm2, "You are a helpful assistant.")
+    async with running_engine(smollm2, max_batch_size=2, kv_reserve_tokens=512) as cached, running_engine(
+        smollm2, max_batch_size=2, prefix_cache_mb=0, kv_reserve_tokens=512
+    ) as uncached:
+        for question in ("What is the capital of France?", "And what river runs through it?"):
+            prompt = with_cache.prompt(question, 24)
+            hit = await generate(cached, prompt, greedy(24))
+            miss = await generate(uncached, without.prompt(question, 24), greedy(24))
+            with_cache.record(hit)
+            without.record(miss)
+            assert hit.token_ids == miss.token_ids
+    assert hit.cached_tokens > len(prompt) // 2
