@@ -127,6 +127,9 @@ def test_stored_token_history_is_what_the_next_turn_continues(server):
     second_reply = conversation.messages[3]
     history = [t for m in conversation.messages[:3] for t in m.token_ids]
     assert second_reply.prompt_tokens == len(history)
+    # the second turn's prompt started with the first turn's prompt and reply: the engine reused their KV
+    cache = httpx.get(f"{server.url}healthz", timeout=10).json()["engine"]["prefix_cache"]
+    assert cache["hits"] >= 1 and cache["reused_tokens"] >= len(first_prompt.token_ids)
 
 
 def test_another_users_conversation_is_not_found_everywhere(server):
