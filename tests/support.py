@@ -80,37 +80,6 @@ do you like music yes i like music a lot what about you i like books and films
 good morning good night see you later bye for now have a nice day"""
 
 
-def build_tiny_dialogpt(target: Path, seed: int = 0) -> Path:
-    """A tiny GPT-2 with its own byte-level BPE and no chat template: the tutorial's model family."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    if (target / "config.json").exists():
-        return target
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(DIALOG_TEXT.splitlines(), trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
-    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=256,
-        bos_token_id=eos, eos_token_id=eos, initializer_range=0.2,
-    )
-    model = GPT2LMHeadModel(config)
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
