@@ -6,23 +6,31 @@ anyone calling the API directly. Every method takes the username from the login
 (never from the client) and resolves conversation ids through the repository's
 owner-scoped queries: someone else's chat is indistinguishable from a missing one.
 
-Durability: a user's message is committed before its reply is queued, and the
-reply is committed when it ends for any reason (done, stopped, disconnected,
-failed) with that reason. A reply lost to a crash leaves the user message alone
-at the end of the chat; ``open`` reports it as interrupted and ``retry`` redoes it.
+Durability: a user's message is committed before its reply is queued (a new chat
+and its first message in one transaction), and the reply is committed when it
+ends for any reason (done, stopped, disconnected, failed, server stopping) with
+that reason. A reply the database does not accept goes to the local journal
+(storage/journal.py) and is written later: what a tester saw is what gets stored.
+Retry replaces the old reply only when the new one is stored. A reply lost to a
+crash leaves the user message alone at the end of the chat; ``open`` reports it as
+interrupted and ``retry`` redoes it.
+
+Database faults reach testers as one sentence (:class:`Unavailable`); the driver's
+text, which may quote SQL and the tester's own message, stays in the server log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import tempfile
 import time
 import unicodedata
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +50,9 @@ from app.engine import (
     Turn,
 )
 from app.export import FILE_SUFFIX, write_export
-from storage.errors import InvalidInput, NotFound, SearchTooSlow
+from storage.errors import InvalidInput, NotFound, SearchTooSlow, StorageUnavailable
+from storage.journal import Journal, PendingReply
+from storage.models import utcnow
 from storage.repository import ConversationRecord, ConversationSummary, MessageRecord, NewMessage, Repository
 
 log = logging.getLogger(__name__)
@@ -126,6 +136,23 @@ class SearchGate:
             lock.release()
 
 
+CANNOT_SAVE = "The server cannot save right now; your message was kept. Try again in a moment."
+CANNOT_READ = "The server cannot reach its database right now; try again in a moment."
+
+
+class Unavailable(ChatError):
+    """The database is down, full or read-only: one sentence for the tester, details in the log."""
+
+
+@contextlib.contextmanager
+def database_faults(sentence: str) -> Iterator[None]:
+    """Turn a storage fault into the tester's sentence (the cause is logged by storage)."""
+    try:
+        yield
+    except StorageUnavailable:
+        raise Unavailable(sentence) from None
+
+
 @dataclass(frozen=True)
 class ChatOptions:
     """Per-message settings from the UI's settings panel (validated by SamplingParams)."""
@@ -168,11 +195,26 @@ class ChatEvent:
 
 @dataclass
 class _Reply:
-    """What a reply has produced so far, so any ending can persist it."""
+    """What a reply has produced so far and where it goes, so any ending can persist it."""
 
     stream: GenerationStream
+    user_id: int
+    conversation_id: str
+    after_seq: int  # the user message it answers
+    replace: bool = False  # Retry: supersedes what follows ``after_seq``
     text: str = ""
     started: float = field(default_factory=time.perf_counter)
+
+
+def with_pending(conversation: ConversationRecord, pending: list[PendingReply]) -> ConversationRecord:
+    """The chat as the tester saw it: stored messages plus replies still waiting in the journal."""
+    messages = list(conversation.messages)
+    for entry in pending:
+        if entry.replace:
+            messages = [m for m in messages if m.seq <= entry.after_seq]
+        seq = messages[-1].seq + 1 if messages else 0
+        messages.append(entry.as_record(seq))
+    return dataclasses.replace(conversation, messages=messages)
 
 
 def interrupted(conversation: ConversationRecord) -> bool:
@@ -213,8 +255,13 @@ class ChatService:
         rate_limit: int = 10,
         rate_period: float = 60.0,
         export_dir: Path | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.repository = repository
+        self.journal = journal or Journal(None)
+        self._active_replies = 0
+        self._no_active_replies = asyncio.Event()
+        self._no_active_replies.set()
         self.engine = engine
         self.prompt_format = prompt_format
         self.model_name = model_name
@@ -233,7 +280,8 @@ class ChatService:
         if not username:
             raise ChatError("Please log in.")
         try:
-            return (await self.repository.get_user(username)).id
+            with database_faults(CANNOT_READ):
+                return (await self.repository.get_user(username)).id
         except NotFound:
             raise ChatError("Your account no longer exists; ask an admin.") from None
 
@@ -260,10 +308,11 @@ class ChatService:
     ) -> list[ConversationSummary]:
         user_id = await self.user_id(username)
         try:
-            if not (search and search.strip()):
-                return await self.repository.list_conversations(user_id, limit=limit, offset=offset)
-            async with self._searches.turn(username or ""):
-                return await self.repository.list_conversations(user_id, limit=limit, offset=offset, search=search)
+            with database_faults(CANNOT_READ):
+                if not (search and search.strip()):
+                    return await self.repository.list_conversations(user_id, limit=limit, offset=offset)
+                async with self._searches.turn(username or ""):
+                    return await self.repository.list_conversations(user_id, limit=limit, offset=offset, search=search)
         except InvalidInput as error:
             raise ChatError(f"Cannot search: {error}.") from None
         except SearchTooSlow as error:
@@ -274,16 +323,25 @@ class ChatService:
         if not isinstance(conversation_id, str) or not conversation_id:
             raise ConversationNotFound()
         try:
-            return await self.repository.get_conversation(user_id, conversation_id)
+            with database_faults(CANNOT_READ):
+                conversation = await self.repository.get_conversation(user_id, conversation_id)
         except NotFound:
             raise ConversationNotFound() from None
+        return with_pending(conversation, self.journal.pending_for(conversation.id))
+
+    async def _settle(self, conversation_id: str) -> None:
+        """Before a chat changes, its replies waiting in the journal must be stored (order matters)."""
+        if self.journal.pending_for(conversation_id):
+            with database_faults(CANNOT_SAVE):
+                await self.journal.replay(self.repository, conversation_id)
 
     # ------------------------------------------------------------ changing
 
     async def rename(self, username: str | None, conversation_id: str, title: str) -> None:
         user_id = await self.user_id(username)
         try:
-            await self.repository.rename_conversation(user_id, conversation_id, title)
+            with database_faults(CANNOT_SAVE):
+                await self.repository.rename_conversation(user_id, conversation_id, title)
         except NotFound:
             raise ConversationNotFound() from None
         except InvalidInput as error:
@@ -292,7 +350,8 @@ class ChatService:
     async def delete(self, username: str | None, conversation_id: str) -> None:
         user_id = await self.user_id(username)
         try:
-            await self.repository.delete_conversation(user_id, conversation_id)
+            with database_faults(CANNOT_SAVE):
+                await self.repository.delete_conversation(user_id, conversation_id)
         except NotFound:
             raise ConversationNotFound() from None
 
@@ -302,8 +361,10 @@ class ChatService:
         user_messages = [m for m in conversation.messages if m.role == "user"]
         if not user_messages:
             raise ChatError("Nothing to undo.")
+        await self._settle(conversation.id)
         try:
-            await self.repository.delete_messages_from(conversation.user_id, conversation.id, user_messages[-1].seq)
+            with database_faults(CANNOT_SAVE):
+                await self.repository.delete_messages_from(conversation.user_id, conversation.id, user_messages[-1].seq)
         except NotFound:
             raise ConversationNotFound() from None
         return await self.open(username, conversation_id)
@@ -347,31 +408,43 @@ class ChatService:
             raise ChatError(str(error)) from None
         new_messages.append(NewMessage("user", text, user_ids, params=params.to_dict()))
 
-        if conversation is None:
-            summary = await self.repository.create_conversation(user_id, title_from(text), self.model_name)
-            conversation_id = summary.id
-        assert conversation_id is not None
         try:
-            stored = await self.repository.append_messages(user_id, conversation_id, new_messages)
+            with database_faults(CANNOT_SAVE):
+                if conversation is None:
+                    summary, stored = await self.repository.start_conversation(
+                        user_id, title_from(text), self.model_name, new_messages
+                    )
+                    conversation_id = summary.id
+                else:
+                    await self._settle(conversation.id)
+                    stored = await self.repository.append_messages(user_id, conversation.id, new_messages)
         except NotFound:
             raise ConversationNotFound() from None
         except InvalidInput as error:
             raise ChatError(f"Cannot store this message: {error}.") from None
+        assert conversation_id is not None
         yield ChatEvent("conversation", conversation_id)
         first_new_seq = stored[0].seq
         try:
             stream = await self.engine.submit(window.token_ids, params)
         except (EngineBusy, EngineStopped) as error:
             # nothing may be left half-done: the message goes back to the tester
-            await self.repository.delete_messages_from(user_id, conversation_id, first_new_seq)
-            if conversation is None:
-                await self.repository.delete_conversation(user_id, conversation_id)
+            with contextlib.suppress(StorageUnavailable, NotFound):
+                if conversation is None:
+                    await self.repository.delete_conversation(user_id, conversation_id)
+                else:
+                    await self.repository.delete_messages_from(user_id, conversation_id, first_new_seq)
             raise Busy(f"The model is busy right now ({error}). Your message was kept; send it again.") from None
-        async for event in self._stream_reply(user_id, conversation_id, stream, params, window.dropped_turns):
+        reply = _Reply(stream, user_id, conversation_id, after_seq=stored[-1].seq)
+        async for event in self._stream_reply(reply, params, window.dropped_turns):
             yield event
 
     async def retry(self, username: str | None, conversation_id: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
-        """Regenerate the reply to the last user message (also after an interrupted reply)."""
+        """Regenerate the reply to the last user message (also after an interrupted reply).
+
+        The old reply stays stored (and is what a crash leaves) until the new one
+        replaces it in one transaction.
+        """
         user_id = await self.user_id(username)
         params = options.sampling(self.max_new_tokens)
         conversation = await self.open(username, conversation_id)
@@ -381,6 +454,7 @@ class ChatService:
             raise ChatError("There is no message to retry yet.")
         self._check_capacity()
         await self._throttle(username or "")
+        await self._settle(conversation.id)
         turns = self._history_turns(conversation)[: last_user + 1]
         try:
             window = self.prompt_format.build_prompt(turns[:-1], turns[-1].token_ids, params.max_new_tokens)
@@ -390,16 +464,18 @@ class ChatService:
             stream = await self.engine.submit(window.token_ids, params)
         except (EngineBusy, EngineStopped) as error:
             raise Busy(f"The model is busy right now ({error}). Press Retry again in a moment.") from None
-        if last_user + 1 < len(messages):
-            # the old reply goes only once the new one is under way
-            try:
-                await self.repository.delete_messages_from(user_id, conversation_id, messages[last_user + 1].seq)
-            except NotFound:
-                stream.cancel()
-                raise ConversationNotFound() from None
         yield ChatEvent("conversation", conversation_id)
-        async for event in self._stream_reply(user_id, conversation_id, stream, params, window.dropped_turns):
+        reply = _Reply(stream, user_id, conversation.id, after_seq=messages[last_user].seq, replace=True)
+        async for event in self._stream_reply(reply, params, window.dropped_turns):
             yield event
+
+    async def replies_settled(self, max_seconds: float) -> bool:
+        """Wait until every reply under way has been stored (or journaled); False on timeout."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max_seconds):
+                await self._no_active_replies.wait()
+                return True
+        return False
 
     def _check_capacity(self) -> None:
         stats = self.engine.stats()
@@ -428,17 +504,13 @@ class ChatService:
         return [Turn(m.role, turn_ids) for m, turn_ids in zip(messages, ids, strict=True)]
 
     async def _stream_reply(
-        self,
-        user_id: int,
-        conversation_id: str,
-        stream: GenerationStream,
-        params: SamplingParams,
-        dropped_turns: int,
+        self, reply: _Reply, params: SamplingParams, dropped_turns: int
     ) -> AsyncIterator[ChatEvent]:
-        reply = _Reply(stream)
         ending = "error"
+        self._active_replies += 1
+        self._no_active_replies.clear()
         try:
-            async for event in self._reply_events(conversation_id, reply):
+            async for event in self._reply_events(reply.conversation_id, reply):
                 yield event
             ending = "done"
         except asyncio.CancelledError:
@@ -448,12 +520,17 @@ class ChatService:
             ending = "disconnected"  # the tab was closed or the client went away
             raise
         finally:
-            stream.cancel()
-            message = await asyncio.shield(
-                self._persist_reply(user_id, conversation_id, reply, params, dropped_turns, ending)
-            )
+            reply.stream.cancel()
+            storing = asyncio.ensure_future(self._persist_reply(reply, params, dropped_turns, ending))
+            storing.add_done_callback(self._reply_settled)
+            message = await asyncio.shield(storing)
             if ending == "done" and message is not None:
-                yield ChatEvent("done", conversation_id, text=message.content, message=message)
+                yield ChatEvent("done", reply.conversation_id, text=message.content, message=message)
+
+    def _reply_settled(self, _storing: asyncio.Future[MessageRecord | None]) -> None:
+        self._active_replies -= 1
+        if not self._active_replies:
+            self._no_active_replies.set()
 
     async def _reply_events(self, conversation_id: str, reply: _Reply) -> AsyncIterator[ChatEvent]:
         """Stream text events; while queued, report the queue position every half second."""
@@ -482,14 +559,12 @@ class ChatService:
                 next_delta.cancel()
 
     async def _persist_reply(
-        self,
-        user_id: int,
-        conversation_id: str,
-        reply: _Reply,
-        params: SamplingParams,
-        dropped_turns: int,
-        ending: str,
+        self, reply: _Reply, params: SamplingParams, dropped_turns: int, ending: str
     ) -> MessageRecord | None:
+        """Store the reply as it ended; if the database refuses, keep it in the journal.
+
+        Returns the stored message, or the journaled one marked ``pending``.
+        """
         result = reply.stream.result
         if result is None:
             with contextlib.suppress(TimeoutError):
@@ -515,14 +590,28 @@ class ChatService:
             prompt_tokens=None if result is None else result.prompt_tokens,
             completion_tokens=len(generated),
             latency_ms=round((time.perf_counter() - reply.started) * 1000),
+            created_at=utcnow(),  # with role and text, what makes a replay recognisable
         )
         try:
-            return await self.repository.append_message(user_id, conversation_id, message)
+            if self.journal.pending_for(reply.conversation_id):
+                # earlier replies of this chat wait: this one may not overtake them
+                await self.journal.replay(self.repository, reply.conversation_id)
+            return await self.repository.put_reply(
+                reply.user_id, reply.conversation_id, message, after_seq=reply.after_seq, replace=reply.replace
+            )
         except NotFound:
-            log.info("conversation %s was deleted while its reply streamed", conversation_id)
-        except Exception:
-            log.exception("could not store the reply in %s", conversation_id)
-        return None
+            log.info("conversation %s was deleted while its reply streamed", reply.conversation_id)
+            return None
+        except InvalidInput:
+            log.exception("the reply in %s cannot be stored", reply.conversation_id)
+            return None
+        except Exception as error:  # StorageUnavailable, or anything else: keep it and try again
+            if not isinstance(error, StorageUnavailable):
+                log.exception("could not store the reply in %s; it goes to the journal", reply.conversation_id)
+            entry = PendingReply(reply.user_id, reply.conversation_id, reply.after_seq, message, reply.replace)
+            await self.journal.add(entry)
+            log.warning("reply in %s kept in the journal (%d waiting)", reply.conversation_id, self.journal.backlog)
+            return entry.as_record(reply.after_seq + 1)
 
     @staticmethod
     def _finish_reason(result: GenerationResult | None, ending: str) -> str:
@@ -531,7 +620,8 @@ class ChatService:
         if result is None:
             return "error"
         if result.finish_reason == "cancelled":
-            return "stopped"
+            # nobody pressed Stop or left: the engine itself cut it, which it does only when shutting down
+            return "shutdown" if ending == "done" else "stopped"
         return result.finish_reason
 
     # ------------------------------------------------------------ export
@@ -557,6 +647,6 @@ class ChatService:
         folder = Path(tempfile.mkdtemp(dir=self.export_dir))
         path = folder / (name + FILE_SUFFIX[fmt])
         conversations = self.repository.iter_conversations(user_id, conversation_id)
-        with path.open("w", encoding="utf-8") as out:
+        with database_faults(CANNOT_READ), path.open("w", encoding="utf-8") as out:
             await write_export(conversations, out, fmt)
         return path

@@ -1,19 +1,23 @@
 """The HTTP server: FastAPI + the Gradio page, with a lifespan that owns every resource.
 
-Start order: migrate the database, make sure an admin exists, start the engine
-(the model is loaded before uvicorn starts, so a bad ``--model`` ends the process
-with one clear line instead of a traceback), then accept connections. Stop order:
-stop taking generations, let running replies finish for a few seconds, cancel the
-rest (their handlers store the partial replies), close the database.
+Start order: migrate the database, store the replies a previous run left in the
+journal, make sure an admin exists, start the engine (the model is loaded before
+uvicorn starts, so a bad ``--model`` ends the process with one clear line instead
+of a traceback), then accept connections. Stop order (Ctrl-C): before uvicorn
+closes any connection, stop taking generations, let running replies finish for a
+few seconds, stop the rest (their handlers store them as stopped by the server
+and the pages show it), then close connections and the database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import gradio as gr
@@ -21,7 +25,6 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from app.auth import generate_password, hash_password
 from app.chat import ChatService
@@ -31,16 +34,28 @@ from app.engine.fast_linear import pack_linear_layers
 from app.login_guard import LoginGuard
 from app.migrate import upgrade_async
 from app.sessions import DatabaseUnavailable, SessionManager
-from app.ui import CSS, ServiceHolder, build_ui
+from app.ui import CSS, REPLY_EVENTS, ServiceHolder, build_ui
 from app.web_auth import build_auth_router
 from app.web_security import SecurityMiddleware
 from storage.database import Database
+from storage.errors import StorageUnavailable
+from storage.journal import Journal
 from storage.repository import Repository
 
 log = logging.getLogger("app.server")
 
 FIRST_ADMIN = "admin"
 SHUTDOWN_GRACE_SECONDS = 5.0
+STORE_AFTER_SHUTDOWN_SECONDS = 10.0
+JOURNAL_FILE = "pending-replies.jsonl"
+# Gradio's queue: replies may hold this many workers beyond the engine's batch and
+# queue, so the extra senders reach ChatService quickly and hear "busy" instead of
+# waiting silently; the short events (page load, open a chat...) have their own
+# workers on top, so they never wait behind replies.
+REFUSAL_HEADROOM = 32
+QUICK_EVENT_WORKERS = 64
+
+
 async def ensure_first_admin(repository: Repository) -> None:
     """On an empty database create ``admin`` and print its password once.
 
@@ -74,6 +89,14 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
         await upgrade_async(settings.database_url)
         database = Database(settings.database_url)
         repository = Repository(database)
+        journal = Journal(settings.data_dir / JOURNAL_FILE)
+        if journal.load():
+            try:
+                await journal.replay(repository)
+                print("Stored the replies the last run kept in its journal.", flush=True)
+            except StorageUnavailable:
+                log.warning("%d replies from the last run wait for the database", journal.backlog)
+        replayer = asyncio.create_task(journal.keep_replaying(repository), name="journal-replay")
         await ensure_first_admin(repository)
         engine = Engine(
             loaded,
@@ -87,7 +110,7 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
         await engine.wait_ready()
         sessions = SessionManager(repository)
         await sessions.prune()
-        resources.update(database=database, engine=engine, sessions=sessions)
+        resources.update(database=database, engine=engine, sessions=sessions, journal=journal)
         export_dir = settings.data_dir / "exports-tmp"
         export_dir.mkdir(parents=True, exist_ok=True)
         holder.service = ChatService(
@@ -100,33 +123,59 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
             rate_limit=settings.rate_limit,
             rate_period=settings.rate_period,
             export_dir=export_dir,
+            journal=journal,
         )
         print(f"Serving {loaded.name} on http://{settings.host}:{settings.port}", flush=True)
         try:
             yield
         finally:
-            print("Shutting down: finishing running replies...", flush=True)
-            await engine.stop(grace_seconds=SHUTDOWN_GRACE_SECONDS)
-            await asyncio.sleep(0.2)  # let cancelled handlers store their partial replies
+            await drain()
+            replayer.cancel()
+            if journal.backlog:
+                try:
+                    await journal.replay(repository)
+                except StorageUnavailable:
+                    print(f"{journal.backlog} replies stay in {journal.path} for the next start.", flush=True)
             await database.dispose()
             print("Stopped cleanly.", flush=True)
 
+    async def drain() -> None:
+        """Finish or stop every running reply and let its handler store it; safe to call twice."""
+        engine = resources.get("engine")
+        if not isinstance(engine, Engine) or resources.get("drained"):
+            return
+        resources["drained"] = True
+        print("Shutting down: finishing running replies...", flush=True)
+        await engine.stop(grace_seconds=SHUTDOWN_GRACE_SECONDS)
+        if holder.service is not None:
+            await holder.service.replies_settled(STORE_AFTER_SHUTDOWN_SECONDS)
+
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.drain = drain
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
+        """Healthy means a tester's next reply would be stored: the database takes a write
+        now, nothing waits in the journal, and the engine's worker is alive."""
         database = resources.get("database")
         engine = resources.get("engine")
+        journal = resources.get("journal")
         report: dict[str, object] = {"model": loaded.name}
         healthy = True
         try:
             assert isinstance(database, Database)
-            async with database.reader() as session:
-                await session.execute(text("SELECT 1"))
+            await database.check_writable()
             report["database"] = "ok"
+        except StorageUnavailable as error:
+            report["database"] = f"not accepting writes ({error.reason})"
+            healthy = False
         except Exception as error:
+            log.exception("health check of the database failed")
             report["database"] = f"error: {type(error).__name__}"
             healthy = False
+        if isinstance(journal, Journal):
+            report["journal"] = {"waiting": journal.backlog}
+            healthy = healthy and journal.backlog == 0
         if isinstance(engine, Engine):
             stats = engine.stats()
             report["engine"] = {
@@ -189,16 +238,48 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
     app.add_middleware(SecurityMiddleware, logged_in=logged_in, allowed_origins=settings.allowed_origins)
 
     blocks = build_ui(holder, settings)
-    # Async handlers run on the event loop. Gradio's default of 1 event at a time per
-    # endpoint would serialise all users; and a limit near the engine's capacity would
-    # make Gradio hold the extra requests silently instead of the engine saying "busy".
-    concurrency = max(100, 2 * (settings.max_batch_size + settings.max_queue))
-    blocks.queue(default_concurrency_limit=concurrency, api_open=False)
-    blocks.max_threads = 64
+    size_queue(blocks, settings)
     return gr.mount_gradio_app(
         app, blocks, path="/", auth_dependency=current_username, css=CSS, ssr_mode=False, footer_links=[],
         max_file_size=1,  # no uploads (the middleware refuses the route; this is a second lock)
     )
+
+
+def size_queue(blocks: gr.Blocks, settings: Settings) -> None:
+    """Size Gradio's queue from the settings.
+
+    Gradio's worker pool is built inside ``queue()`` from ``max_threads`` (and its
+    thread limiter at startup from the same value), so it is set first. Replies
+    (the ``REPLY_EVENTS`` concurrency group) get the engine's batch + queue and
+    some headroom; every other event has its own group with its own limit, and the
+    pool holds both, so a page load never waits for a reply to end.
+    """
+    replies = settings.max_batch_size + settings.max_queue + REFUSAL_HEADROOM
+    for block_fn in blocks.fns.values():
+        if block_fn.concurrency_id == REPLY_EVENTS:
+            block_fn.concurrency_limit = replies
+    blocks.max_threads = replies + QUICK_EVENT_WORKERS
+    blocks.queue(default_concurrency_limit=QUICK_EVENT_WORKERS, api_open=False)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but Ctrl-C first drains the replies, then closes connections.
+
+    uvicorn's own shutdown waits ``timeout_graceful_shutdown`` for open responses
+    and then cuts them, and only afterwards runs the app's lifespan shutdown: the
+    streams would be cut before the engine's grace period began.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config)
+        self.drain = drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await self.drain()
+        except Exception:
+            log.exception("draining the replies failed")
+        await super().shutdown(sockets)
 
 
 def serve(settings: Settings) -> int:
@@ -214,7 +295,12 @@ def serve(settings: Settings) -> int:
         packed = pack_linear_layers(loaded.model)
         log.info("%d linear layers on prepacked oneDNN kernels", packed)
     app = create_app(settings, loaded)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
-    return 0
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10
+    )
+    server = DrainingServer(config, app.state.drain)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
+        server.run()
+    return 0 if server.started else 1
 
 

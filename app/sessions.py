@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from fastapi import HTTPException, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage.errors import NotFound
+from storage.errors import NotFound, StorageUnavailable
 from storage.models import utcnow
 from storage.repository import Repository, UserRecord
 
@@ -89,7 +89,7 @@ class SessionManager:
             user, created_at, expires_at = await self.repository.login_session_user(id_hash, now)
         except NotFound:
             return None
-        except (SQLAlchemyError, OSError) as error:
+        except (SQLAlchemyError, OSError, StorageUnavailable) as error:
             log.warning("session lookup failed: %s", type(error).__name__)
             raise DatabaseUnavailable() from None
         await self._renew(id_hash, created_at, expires_at, now)
@@ -103,7 +103,8 @@ class SessionManager:
             return
         try:
             await self.repository.extend_login_session(id_hash, renewed)
-        except SQLAlchemyError as error:  # reading worked; a missed renewal only shortens the login
+        except (SQLAlchemyError, StorageUnavailable) as error:
+            # reading worked; a missed renewal only shortens the login
             log.warning("could not renew a login: %s", type(error).__name__)
 
     async def username(self, request: Request) -> str | None:

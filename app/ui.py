@@ -26,7 +26,11 @@ FINISH_NOTES = {
     "length": "… cut at the max new tokens limit",
     "error": "⚠ the model failed on this reply; press Retry",
     "interrupted": "⚠ interrupted (the server stopped)",
+    "shutdown": "(stopped by the server)",
 }
+PENDING_NOTE = "💾 saved locally, will be stored when the database is back"
+# the Gradio concurrency group of the events that stream a reply; app/server.py sizes it
+REPLY_EVENTS = "replies"
 INTERRUPTED_NOTE = "⚠ This reply was interrupted (the server stopped). Press **Retry** to generate it."
 
 CSS = """
@@ -75,6 +79,8 @@ def message_bubble(message: MessageRecord) -> dict[str, str]:
     note = FINISH_NOTES.get(message.finish_reason or "")
     if note:
         content = (content + "\n\n" if content else "") + f"*{note}*"
+    if message.pending:
+        content = (content + "\n\n" if content else "") + f"*{PENDING_NOTE}*"
     return {"role": "assistant", "content": content}
 
 
@@ -101,9 +107,12 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
     async def on_load(request: gr.Request) -> tuple[Any, ...]:
         username = request.username
         service = holder.get()
-        choices = await chat_choices(username)
-        wanted = request.query_params.get("c") if request.query_params else None
         greeting = f"Signed in as **{html.escape(username or '')}** · model `{service.model_name}`"
+        try:
+            choices = await chat_choices(username)
+        except ChatError as error:
+            return greeting, gr.update(choices=[], value=None), [], None, problem(error)
+        wanted = request.query_params.get("c") if request.query_params else None
         if not wanted:
             return greeting, gr.update(choices=choices, value=None), [], None, ""
         try:
@@ -150,6 +159,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 status = f"⏳ Waiting for the model: {event.position} request(s) ahead of yours…"
             if event.kind == "done" and event.message is not None:
                 bubbles[-1] = message_bubble(event.message)
+                if event.message.pending:
+                    status = f"⚠ The database did not take this reply: {PENDING_NOTE}."
             else:
                 bubbles[-1] = {"role": "assistant", "content": shown_as_text(event.text) or "…"}
             yield bubbles, conversation_id, status, gr.update()
@@ -338,13 +349,17 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         )
         send_inputs = [message, conversation_state, system_prompt, temperature, top_p, max_new_tokens, search]
         send_outputs = [chatbot, message, conversation_state, status, chat_list]
-        sent_by_click = send_button.click(on_send, send_inputs, send_outputs, api_name="send")
-        sent_by_enter = message.submit(on_send, send_inputs, send_outputs, api_name=False)
+        sent_by_click = send_button.click(
+            on_send, send_inputs, send_outputs, api_name="send", concurrency_id=REPLY_EVENTS
+        )
+        sent_by_enter = message.submit(
+            on_send, send_inputs, send_outputs, api_name=False, concurrency_id=REPLY_EVENTS
+        )
         for event in (sent_by_click, sent_by_enter):
             event.then(None, [conversation_state], None, js=SET_ADDRESS_JS)
         retried = retry_button.click(
             on_retry, [conversation_state, temperature, top_p, max_new_tokens, search],
-            [chatbot, conversation_state, status, chat_list], api_name="retry",
+            [chatbot, conversation_state, status, chat_list], api_name="retry", concurrency_id=REPLY_EVENTS,
         )
         stop_button.click(
             after_stop, [conversation_state], [chatbot, status], cancels=[sent_by_click, sent_by_enter, retried],

@@ -29,7 +29,7 @@ from app.auth import (
 )
 from app.login_guard import HashingBusy, LoginGuard, Throttled
 from app.sessions import CurrentLogin, DatabaseUnavailable, SessionManager
-from storage.errors import Conflict, InvalidInput, NotFound
+from storage.errors import Conflict, InvalidInput, NotFound, StorageUnavailable
 from storage.models import USERNAME_MAX
 from storage.repository import Repository, UserRecord
 
@@ -165,7 +165,7 @@ def build_auth_router(
             return refuse(request, str(error), 429, next_path, **{"Retry-After": str(error.retry_after)})
         except HashingBusy as error:
             return refuse(request, str(error), 503, next_path, **{"Retry-After": "5"})
-        except (SQLAlchemyError, OSError, DatabaseUnavailable):
+        except (SQLAlchemyError, OSError, StorageUnavailable, DatabaseUnavailable):
             log.warning("login failed: database unavailable")
             return refuse(request, UNAVAILABLE, 503, next_path, **{"Retry-After": "30"})
 
@@ -231,7 +231,7 @@ def build_auth_router(
             return page("Account", account_body(login, f"Not changed: {error}."), 400)
         except (Throttled, HashingBusy) as error:
             return page("Account", account_body(login, str(error)), 429)
-        except (SQLAlchemyError, OSError, DatabaseUnavailable):
+        except (SQLAlchemyError, OSError, StorageUnavailable, DatabaseUnavailable):
             return page("Account", account_body(login, UNAVAILABLE), 503)
         return page("Account", account_body(login, note="Password changed. Your other logins were ended."))
 
@@ -270,7 +270,7 @@ def build_auth_router(
                 return page("Create an account", message(str(error)) + signup_form, 400)
             except HashingBusy as error:
                 return page("Create an account", message(str(error)) + signup_form, 503)
-            except (SQLAlchemyError, OSError, DatabaseUnavailable):
+            except (SQLAlchemyError, OSError, StorageUnavailable, DatabaseUnavailable):
                 return page("Create an account", message(UNAVAILABLE) + signup_form, 503)
             return RedirectResponse("/login", status_code=303)
 

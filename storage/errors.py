@@ -27,3 +27,15 @@ class Conflict(StorageError):
 
 class SearchTooSlow(StorageError):
     """A search ran past its time limit and was stopped inside the database."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached or cannot write right now (down, disk full, read-only).
+
+    The driver's own message (SQL, parameters, addresses) stays in the server log;
+    ``reason`` is a short phrase fit for a health report, never for a tester's text.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the database is unavailable ({reason})")
+        self.reason = reason

@@ -68,6 +68,8 @@ class MessageRecord:
     completion_tokens: int | None
     latency_ms: int | None
     created_at: datetime
+    # kept in the local journal, not yet in the database (see storage/journal.py)
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -472,37 +474,98 @@ class Repository:
         """Append several messages in one transaction (all or none)."""
         for message in messages:
             _check_message(message)
-        packed = [pack_token_ids(message.token_ids) for message in messages]
         async with self.database.writer() as session, session.begin():
             conversation = await self._owned(session, user_id, conversation_id, lock=True)
             if not messages:
                 return []
-            last = await session.scalar(
-                select(func.max(Message.seq)).where(Message.conversation_id == conversation.id)
+            return await self._insert_after_last(session, conversation, messages)
+
+    async def _insert_after_last(
+        self, session: AsyncSession, conversation: Conversation, messages: Sequence[NewMessage]
+    ) -> list[MessageRecord]:
+        last = await session.scalar(select(func.max(Message.seq)).where(Message.conversation_id == conversation.id))
+        return await self._insert_at(session, conversation, messages, 0 if last is None else last + 1)
+
+    async def _insert_at(
+        self, session: AsyncSession, conversation: Conversation, messages: Sequence[NewMessage], first_seq: int
+    ) -> list[MessageRecord]:
+        now = utcnow()
+        rows = []
+        for seq, message in enumerate(messages, start=first_seq):
+            row = Message(
+                conversation_id=conversation.id,
+                seq=seq,
+                role=message.role,
+                content=message.content,
+                token_ids=pack_token_ids(message.token_ids),
+                params=message.params,
+                finish_reason=message.finish_reason,
+                prompt_tokens=message.prompt_tokens,
+                completion_tokens=message.completion_tokens,
+                latency_ms=message.latency_ms,
+                created_at=message.created_at or now,
             )
-            next_seq = -1 if last is None else last
-            now = utcnow()
-            rows = []
-            for message, blob in zip(messages, packed, strict=True):
-                next_seq += 1
-                row = Message(
-                    conversation_id=conversation.id,
-                    seq=next_seq,
-                    role=message.role,
-                    content=message.content,
-                    token_ids=blob,
-                    params=message.params,
-                    finish_reason=message.finish_reason,
-                    prompt_tokens=message.prompt_tokens,
-                    completion_tokens=message.completion_tokens,
-                    latency_ms=message.latency_ms,
-                    created_at=message.created_at or now,
-                )
-                session.add(row)
-                rows.append(row)
-            conversation.updated_at = max(now, *(row.created_at for row in rows))
+            session.add(row)
+            rows.append(row)
+        conversation.updated_at = max(now, *(row.created_at for row in rows))
+        await session.flush()
+        return [_message_record(row) for row in rows]
+
+    async def start_conversation(
+        self, user_id: int, title: str, model: str, messages: Sequence[NewMessage]
+    ) -> tuple[ConversationSummary, list[MessageRecord]]:
+        """A new chat and its first messages in one transaction.
+
+        A crash can never leave a chat titled after a message that was not stored.
+        """
+        title = check_title(title)
+        model = check_text(model, "model name")[:MODEL_NAME_MAX]
+        for message in messages:
+            _check_message(message)
+        now = utcnow()
+        async with self.database.writer() as session, session.begin():
+            if await session.get(User, user_id) is None:
+                raise NotFound(f"no user with id {user_id}")
+            conversation = Conversation(
+                id=str(uuid.uuid4()), user_id=user_id, title=title, model=model, created_at=now, updated_at=now
+            )
+            session.add(conversation)
             await session.flush()
-            return [_message_record(row) for row in rows]
+            stored = await self._insert_at(session, conversation, messages, 0) if messages else []
+            return _summary(conversation, len(stored)), stored
+
+    async def put_reply(
+        self, user_id: int, conversation_id: str, message: NewMessage, *, after_seq: int, replace: bool = False
+    ) -> MessageRecord:
+        """Store a reply to the message at ``after_seq``: idempotent, so a replay never duplicates.
+
+        ``message.created_at`` is required and, with role and text, identifies the
+        reply: if it is already among the messages after ``after_seq`` (an earlier
+        attempt committed before its confirmation was lost) that row is returned.
+        ``replace`` (Retry) swaps the messages after ``after_seq`` for this one in
+        the same transaction, so the old reply stays until the new one is stored.
+        """
+        if message.created_at is None:
+            raise InvalidInput("a reply needs its created_at to be stored idempotently")
+        _check_message(message)
+        async with self.database.writer() as session, session.begin():
+            conversation = await self._owned(session, user_id, conversation_id, lock=True)
+            later = list(
+                await session.scalars(
+                    select(Message)
+                    .where(Message.conversation_id == conversation.id, Message.seq > after_seq)
+                    .order_by(Message.seq)
+                )
+            )
+            for row in later:
+                if (row.role, row.content, row.created_at) == (message.role, message.content, message.created_at):
+                    return _message_record(row)
+            if replace:
+                await session.execute(
+                    delete(Message).where(Message.conversation_id == conversation.id, Message.seq > after_seq)
+                )
+                return (await self._insert_at(session, conversation, [message], after_seq + 1))[0]
+            return (await self._insert_after_last(session, conversation, [message]))[0]
 
     async def delete_messages_from(self, user_id: int, conversation_id: str, seq: int) -> int:
         """Drop the messages at ``seq`` and after (undo, retry); returns how many went."""

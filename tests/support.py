@@ -103,19 +103,20 @@ class ServerProcess:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'chat.db'}"
+        """``CHAT_DATABASE_URL`` when the test gives one, else the data dir's SQLite file."""
+        return self.env.get("CHAT_DATABASE_URL") or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'chat.db'}"
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         self.port = free_port()
         self.log_path = self.data_dir / f"server-{self.port}.log"
-        environment = {
-            **os.environ,
+        environment = {**os.environ}
+        environment.pop("CHAT_DATABASE_URL", None)  # only the test's own choice counts
+        environment.update({
             "CHAT_DATA_DIR": str(self.data_dir),
             "CHAT_CACHE_DIR": str(MODEL_CACHE),
             "GRADIO_ANALYTICS_ENABLED": "False",
             **self.env,
-        }
-        environment.pop("CHAT_DATABASE_URL", None)
+        })
         log_file = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [PYTHON, "-m", "app", "serve", "--port", str(self.port), "--model", self.model],

@@ -1,0 +1,341 @@
+"""Faults a new operator meets, on the real server with real clients.
+
+The database's disk fills up or the database stops while replies stream; the
+server is killed in the middle of a Retry or of creating a chat; Ctrl-C arrives
+during long replies. Whatever happens, a reply a tester saw finish is stored with
+the text seen, exactly once, and the tester reads one plain sentence, never a
+driver's message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from app.config import sqlite_url
+from app.ui import PENDING_NOTE, message_bubble
+from tests.support import ServerProcess, build_tiny_llama, free_port, running_server
+from tests.test_server import PASSWORD, bubble_texts, send, stored
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# words of driver errors, SQL and addresses that must never reach a tester
+LEAKS = ("sqlite", "operationalerror", "interfaceerror", "dbapi", "asyncpg", "sqlalchemy", "errno", "traceback",
+         "background on this error", "insert into", "update ", "select ", "connect call failed", "127.0.0.1",
+         "disk is full", "readonly")
+REPLY_TOKENS = 300  # ~4 s on the tiny model: long enough to fill the disk or stop PostgreSQL meanwhile
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    return str(build_tiny_llama(tmp_path_factory.mktemp("faults-model")))
+
+
+def data_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def sign_up(server: ServerProcess, name: str) -> Client:
+    """Open sign-up (the CLI would use the default database, not the test's own)."""
+    created = httpx.post(server.url + "signup", data={"username": name, "password": PASSWORD})
+    assert created.status_code == 303, created.text
+    return Client(server.url, auth=(name, PASSWORD), verbose=False)
+
+
+def health(server: ServerProcess) -> tuple[int, dict[str, Any]]:
+    response = httpx.get(server.url + "healthz", timeout=30)
+    return response.status_code, response.json()
+
+
+def wait_for_health(server: ServerProcess, status: int, seconds: float = 40.0) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while True:
+        code, report = health(server)
+        if code == status or time.monotonic() > deadline:
+            assert code == status, report
+            return report
+        time.sleep(0.3)
+
+
+def start_long_replies(clients: dict[str, Client], chats: dict[str, str]) -> dict[str, Any]:
+    """One long reply per tester; returns once every reply is streaming (so its message is stored)."""
+    jobs = {name: client.submit(f"tell me a long story, {name}", chats[name], "", 1.0, 1.0, REPLY_TOKENS, "",
+                                api_name="/send") for name, client in clients.items()}
+    deadline = time.monotonic() + 60
+    while not all(streaming(job) for job in jobs.values()):
+        assert time.monotonic() < deadline, "the replies did not start"
+        time.sleep(0.05)
+    return jobs
+
+
+def streaming(job: Any) -> bool:
+    outputs = job.outputs()
+    return bool(outputs) and len(bubble_texts(outputs[-1][0])[-1][1]) > 3
+
+
+def assert_no_leak(*texts: str) -> None:
+    for text in texts:
+        lowered = text.lower()
+        assert not any(word in lowered for word in LEAKS), text
+
+
+def seen_replies_are_stored_once(server: ServerProcess, finals: dict[str, tuple], chats: dict[str, str]) -> int:
+    """Each final reply a tester saw equals the stored one; returns how many showed the journal note."""
+    noted = 0
+    for name, final in finals.items():
+        seen = bubble_texts(final[0])[-1][1]
+        note = f"\n\n*{PENDING_NOTE}*"
+        if seen.endswith(note):
+            noted += 1
+            seen = seen.removesuffix(note)
+        messages = stored(server, name, chats[name]).messages
+        assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"], messages
+        assert message_bubble(messages[-1])["content"].strip() == seen.strip()  # the Chatbot trims the edges
+        assert messages[-1].finish_reason == "length" and messages[-1].completion_tokens == REPLY_TOKENS
+    return noted
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        for _ in range(20):
+            if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5)
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with filler.open("wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+    return filler
+
+
+def test_sqlite_disk_full_loses_no_reply_a_tester_saw(tmp_path, tiny_model):
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        env = {"CHAT_DATABASE_URL": sqlite_url(disk / "chat.db"), "CHAT_SIGNUP": "open",
+               "CHAT_MAX_NEW_TOKENS": "1900"}
+        with running_server(data_dir(tmp_path), tiny_model, **env) as server:
+            names = ["ann", "ben", "cat"]
+            clients = {name: sign_up(server, name) for name in names}
+            late = sign_up(server, "dan")
+            chats = {name: send(client, f"hello from {name}", max_new_tokens=4)[1][2] for name, client in
+                     clients.items()}
+            jobs = start_long_replies(clients, chats)
+            filler = fill(disk)
+
+            code, report = health(server)
+            assert code == 503 and "disk full" in report["database"], report
+            _chatbot, box, _, refusal, _ = late.predict("a message while the disk is full", "", "", 0.7, 0.9, 4, "",
+                                                        api_name="/send")
+            assert box == "a message while the disk is full"  # handed back, not lost
+            assert refusal == "⚠ The server cannot save right now; your message was kept. Try again in a moment."
+            finals = {name: job.result() for name, job in jobs.items()}
+            statuses = [final[3] for final in finals.values()]
+            assert all(PENDING_NOTE in status for status in statuses), statuses
+            assert health(server)[1]["journal"]["waiting"] == 3
+            reopened = clients["ann"].predict(chats["ann"], api_name="/open")[0]
+            assert PENDING_NOTE in bubble_texts(reopened)[-1][1]  # the chat shows what was seen, marked
+            assert_no_leak(refusal, *statuses)
+            assert "database or disk is full" in server.log()  # the details are in the log
+
+            filler.unlink()
+            wait_for_health(server, 200)
+            assert seen_replies_are_stored_once(server, finals, chats) == 3
+            # the chats go on in order
+            send(clients["ann"], "and after the fault?", chats["ann"], max_new_tokens=4)
+            assert [m.content for m in stored(server, "ann", chats["ann"]).messages][4] == "and after the fault?"
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[dict[str, Any]]:
+    """A PostgreSQL cluster of our own on a free port, so stopping it harms nobody."""
+    if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None or os.geteuid() != 0:
+        pytest.skip("PostgreSQL 15 binaries (and root, to run them as postgres) are needed")
+    base = Path(tempfile.mkdtemp(prefix="chat-pg-"))
+    shutil.chown(base, "postgres", "postgres")
+    port = free_port()
+    data = base / "data"
+
+    def as_postgres(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True,
+                              check=check, cwd=base)
+
+    def start() -> None:
+        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
+                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop() -> None:
+        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop", check=False)
+
+    def psql(sql: str) -> str:
+        return as_postgres("psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "chat", "-tAc",
+                           sql).stdout.strip()
+
+    try:
+        as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+        start()
+        as_postgres("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "chat")
+        yield {"url": f"postgresql+asyncpg://postgres@127.0.0.1:{port}/chat", "port": port, "stop": stop,
+               "start": start, "psql": psql}
+    finally:
+        stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[dict[str, Any]]:
+    with throwaway_postgres() as instance:
+        yield instance
+
+
+def test_postgres_stopped_mid_reply_loses_nothing_and_says_so_in_words(tmp_path, tiny_model, postgres):
+    env = {"CHAT_DATABASE_URL": postgres["url"], "CHAT_SIGNUP": "open", "CHAT_MAX_NEW_TOKENS": "1900"}
+    with running_server(data_dir(tmp_path), tiny_model, **env) as server:
+        names = ["eve", "fay"]
+        clients = {name: sign_up(server, name) for name in names}
+        chats = {name: send(client, f"hello from {name}", max_new_tokens=4)[1][2] for name, client in
+                 clients.items()}
+        jobs = start_long_replies(clients, chats)
+        postgres["stop"]()
+        try:
+            code, report = health(server)
+            assert code == 503 and report["database"] == "not accepting writes (unreachable)", report
+            login = httpx.post(server.url + "login", data={"username": "eve", "password": PASSWORD})
+            assert login.status_code == 503 and "cannot reach its database" in login.text
+            _chatbot, box, _, refusal, _ = clients["eve"].predict("while the database is down", chats["eve"], "",
+                                                                  0.7, 0.9, 4, "", api_name="/send")
+            assert box == "while the database is down" and refusal.startswith("⚠ The server cannot")
+            opened = clients["fay"].predict(chats["fay"], api_name="/open")[2]
+            finals = {name: job.result() for name, job in jobs.items()}
+            statuses = [final[3] for final in finals.values()]
+            assert all(PENDING_NOTE in status for status in statuses), statuses
+            assert_no_leak(login.text, refusal, opened, *statuses)
+        finally:
+            postgres["start"]()
+        wait_for_health(server, 200)
+        assert seen_replies_are_stored_once(server, finals, chats) == 2
+
+
+def test_a_crash_while_a_new_chat_is_stored_leaves_no_empty_chat(tmp_path, tiny_model, postgres):
+    """The first message is held back by a table lock; the server dies while waiting for it."""
+    postgres["psql"]("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    env = {"CHAT_DATABASE_URL": postgres["url"], "CHAT_SIGNUP": "open", "CHAT_ADMIN_PASSWORD": "admin-password"}
+    server = ServerProcess(data_dir(tmp_path), tiny_model, env).start()
+    locker = None
+    try:
+        client = sign_up(server, "gus")
+        locker = subprocess.Popen(
+            ["runuser", "-u", "postgres", "--", "psql", "-h", "127.0.0.1", "-p", str(postgres["port"]), "-U",
+             "postgres", "-d", "chat", "-tA"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert locker.stdin is not None and locker.stdout is not None
+        locker.stdin.write("BEGIN; LOCK TABLE messages IN EXCLUSIVE MODE; SELECT 'locked';\n")
+        locker.stdin.flush()
+        assert locker.stdout.readline().strip() == "locked"
+        job = client.submit("a first message", "", "", 0.7, 0.9, 4, "", api_name="/send")
+        deadline = time.monotonic() + 30
+        while postgres["psql"]("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") == "0":
+            assert time.monotonic() < deadline, "the server never reached the locked table"
+            time.sleep(0.05)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(10)
+        with contextlib.suppress(Exception):
+            job.cancel()
+    finally:
+        if locker is not None:
+            with contextlib.suppress(Exception):
+                locker.communicate("COMMIT;\n", timeout=10)
+        server.kill()
+    server = ServerProcess(data_dir(tmp_path), tiny_model, env).start()
+    try:
+        empty = postgres["psql"]("SELECT count(*) FROM conversations c WHERE NOT EXISTS "
+                                 "(SELECT 1 FROM messages m WHERE m.conversation_id = c.id)")
+        assert empty == "0"
+        client = Client(server.url, auth=("gus", PASSWORD), verbose=False)
+        assert client.predict(api_name="/load")[1]["choices"] == []
+    finally:
+        server.stop()
+
+
+def test_retry_then_a_crash_keeps_the_old_reply(tmp_path, tiny_model):
+    env = {"CHAT_SIGNUP": "open", "CHAT_MAX_NEW_TOKENS": "1900", "CHAT_ADMIN_PASSWORD": "admin-password"}
+    server = ServerProcess(tmp_path, tiny_model, env).start()
+    try:
+        client = sign_up(server, "hal")
+        _, final = send(client, "answer me", max_new_tokens=8)
+        chat = final[2]
+        before = stored(server, "hal", chat).messages
+        job = client.submit(chat, 1.0, 1.0, 1800, "", api_name="/retry")
+        deadline = time.monotonic() + 30
+        while not streaming(job):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(10)
+    server = ServerProcess(tmp_path, tiny_model, env).start()
+    try:
+        assert stored(server, "hal", chat).messages == before  # the reply the tester had is still there
+    finally:
+        server.stop()
+
+
+def test_ctrl_c_lets_replies_finish_then_stores_the_rest_as_stopped_by_the_server(tmp_path, tiny_model):
+    env = {"CHAT_SIGNUP": "open", "CHAT_MAX_NEW_TOKENS": "1900", "CHAT_ADMIN_PASSWORD": "admin-password"}
+    server = ServerProcess(tmp_path, tiny_model, env).start()
+    try:
+        names = ["ida", "jon", "kim"]
+        clients = {name: sign_up(server, name) for name in names}
+        chats = {name: send(client, f"hi from {name}", max_new_tokens=4)[1][2] for name, client in clients.items()}
+        lengths = {"ida": 1800, "jon": 1800, "kim": 60}  # kim's reply fits in the grace period
+        jobs = {name: clients[name].submit("go on", chats[name], "", 1.0, 1.0, lengths[name], "", api_name="/send")
+                for name in names}
+        deadline = time.monotonic() + 30
+        while not all(streaming(job) for job in jobs.values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert server.stop(timeout=60) == 0
+        took = time.monotonic() - started
+        with ThreadPoolExecutor(3) as pool:
+            finals = dict(zip(names, pool.map(lambda job: job.outputs()[-1], jobs.values()), strict=True))
+    finally:
+        server.kill()
+    assert took < 15, took
+    for name in ("ida", "jon"):
+        assert bubble_texts(finals[name][0])[-1][1].endswith("*(stopped by the server)*")
+    server = ServerProcess(tmp_path, tiny_model, env).start()
+    try:
+        replies = {name: stored(server, name, chats[name]).messages[-1] for name in names}
+        assert replies["kim"].finish_reason == "length" and replies["kim"].completion_tokens == 60
+        for name in ("ida", "jon"):
+            assert replies[name].finish_reason == "shutdown"
+            assert 0 < replies[name].completion_tokens < 1800
+        client = Client(server.url, auth=("ida", PASSWORD), verbose=False)
+        reopened = bubble_texts(client.predict(chats["ida"], api_name="/open")[0])[-1][1]
+        assert reopened.endswith("*(stopped by the server)*")
+    finally:
+        server.stop()
