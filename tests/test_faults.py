@@ -250,7 +250,7 @@ def test_a_crash_while_a_new_chat_is_stored_leaves_no_empty_chat(tmp_path, tiny_
         client = sign_up(server, "gus")
         locker = subprocess.Popen(
             ["runuser", "-u", "postgres", "--", "psql", "-h", "127.0.0.1", "-p", str(postgres["port"]), "-U",
-             "postgres", "-d", "chat", "-tA"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             "postgres", "-d", "chat", "-tAq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert locker.stdin is not None and locker.stdout is not None
         locker.stdin.write("BEGIN; LOCK TABLE messages IN EXCLUSIVE MODE; SELECT 'locked';\n")
         locker.stdin.flush()
