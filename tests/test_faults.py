@@ -87,26 +87,56 @@ def streaming(job: Any) -> bool:
     return bool(outputs) and len(bubble_texts(outputs[-1][0])[-1][1]) > 3
 
 
-def assert_no_leak(*texts: str) -> None:
-    for text in texts:
-        lowered = text.lower()
-        assert not any(word in lowered for word in LEAKS), text
+class Findings:
+    """Every expectation of a fault scenario is checked and all misses are reported together."""
+
+    def __init__(self) -> None:
+        self.missed: list[str] = []
+
+    def check(self, ok: bool, finding: str, detail: Any = "") -> None:
+        if not ok:
+            self.missed.append(f"{finding}: {detail}"[:600])
+
+    def assert_none(self) -> None:
+        assert not self.missed, "\n".join(self.missed)
 
 
-def seen_replies_are_stored_once(server: ServerProcess, finals: dict[str, tuple], chats: dict[str, str]) -> int:
-    """Each final reply a tester saw equals the stored one; returns how many showed the journal note."""
-    noted = 0
+def leaks(*texts: str) -> list[str]:
+    return [text for text in texts if any(word in text.lower() for word in LEAKS)]
+
+
+def try_send(client: Client, text: str, chat: str) -> tuple[str, str]:
+    """Send during a fault: (text handed back in the box, status line or the error the client got)."""
+    try:
+        _chatbot, box, _, status, _ = client.predict(text, chat, "", 0.7, 0.9, 4, "", api_name="/send")
+    except Exception as error:  # whatever reached the client is what a tester would read
+        return "", str(error)
+    return box, status
+
+
+def try_open(client: Client, chat: str) -> tuple[list, str]:
+    try:
+        chatbot, _, status = client.predict(chat, api_name="/open")
+    except Exception as error:
+        return [], str(error)
+    return chatbot, status
+
+
+def check_seen_replies_stored_once(findings: Findings, server: ServerProcess, finals: dict[str, tuple],
+                                   chats: dict[str, str]) -> None:
+    """Each final reply a tester saw is the stored one, once, with the text seen."""
     for name, final in finals.items():
-        seen = bubble_texts(final[0])[-1][1]
-        note = f"\n\n*{PENDING_NOTE}*"
-        if seen.endswith(note):
-            noted += 1
-            seen = seen.removesuffix(note)
+        seen = bubble_texts(final[0])[-1][1].removesuffix(f"\n\n*{PENDING_NOTE}*")
         messages = stored(server, name, chats[name]).messages
-        assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"], messages
-        assert message_bubble(messages[-1])["content"].strip() == seen.strip()  # the Chatbot trims the edges
-        assert messages[-1].finish_reason == "length" and messages[-1].completion_tokens == REPLY_TOKENS
-    return noted
+        roles = [m.role for m in messages]
+        findings.check(roles == ["user", "assistant", "user", "assistant"], "1. a seen reply is not stored once",
+                       f"{name}: {roles}")
+        if roles[-1:] == ["assistant"]:
+            # the Chatbot trims the edges of what it shows
+            findings.check(message_bubble(messages[-1])["content"].strip() == seen.strip(),
+                           "1. the stored reply is not the one seen", name)
+            findings.check(messages[-1].finish_reason == "length" and messages[-1].completion_tokens == REPLY_TOKENS,
+                           "1. the stored reply is not complete", f"{name}: {messages[-1].finish_reason}")
 
 
 @contextlib.contextmanager
@@ -135,6 +165,7 @@ def fill(folder: Path) -> Path:
 
 
 def test_sqlite_disk_full_loses_no_reply_a_tester_saw(tmp_path, tiny_model):
+    findings = Findings()
     with tmpfs(tmp_path / "disk", "8m") as disk:
         env = {"CHAT_DATABASE_URL": sqlite_url(disk / "chat.db"), "CHAT_SIGNUP": "open",
                "CHAT_MAX_NEW_TOKENS": "1900"}
@@ -148,26 +179,30 @@ def test_sqlite_disk_full_loses_no_reply_a_tester_saw(tmp_path, tiny_model):
             filler = fill(disk)
 
             code, report = health(server)
-            assert code == 503 and "disk full" in report["database"], report
-            _chatbot, box, _, refusal, _ = late.predict("a message while the disk is full", "", "", 0.7, 0.9, 4, "",
-                                                        api_name="/send")
-            assert box == "a message while the disk is full"  # handed back, not lost
-            assert refusal == "⚠ The server cannot save right now; your message was kept. Try again in a moment."
+            findings.check(code == 503 and "disk full" in str(report.get("database")), "3. /healthz says ok", report)
+            box, refusal = try_send(late, "a message while the disk is full", "")
+            findings.check(box == "a message while the disk is full", "4. the refused text is not handed back", box)
+            findings.check(refusal == "⚠ The server cannot save right now; your message was kept. Try again in a "
+                           "moment.", "4. the refusal is not the sentence", refusal)
             finals = {name: job.result() for name, job in jobs.items()}
             statuses = [final[3] for final in finals.values()]
-            assert all(PENDING_NOTE in status for status in statuses), statuses
-            assert health(server)[1]["journal"]["waiting"] == 3
-            reopened = clients["ann"].predict(chats["ann"], api_name="/open")[0]
-            assert PENDING_NOTE in bubble_texts(reopened)[-1][1]  # the chat shows what was seen, marked
-            assert_no_leak(refusal, *statuses)
-            assert "database or disk is full" in server.log()  # the details are in the log
+            findings.check(all(PENDING_NOTE in status for status in statuses), "1. no note on the page", statuses)
+            reopened, opened_status = try_open(clients["ann"], chats["ann"])
+            findings.check(bool(reopened) and PENDING_NOTE in bubble_texts(reopened)[-1][1],
+                           "1. the reopened chat does not show the kept reply", opened_status)
+            findings.check(not leaks(refusal, opened_status, *statuses), "4. driver text reached a tester",
+                           leaks(refusal, opened_status, *statuses))
+            findings.check("database or disk is full" in server.log(), "4. the details are not in the log")
 
             filler.unlink()
             wait_for_health(server, 200)
-            assert seen_replies_are_stored_once(server, finals, chats) == 3
+            check_seen_replies_stored_once(findings, server, finals, chats)
             # the chats go on in order
             send(clients["ann"], "and after the fault?", chats["ann"], max_new_tokens=4)
-            assert [m.content for m in stored(server, "ann", chats["ann"]).messages][4] == "and after the fault?"
+            messages = stored(server, "ann", chats["ann"]).messages
+            findings.check(messages[-2].content == "and after the fault?" and len(messages) == 6,
+                           "1. the chat does not go on in order", [m.content[:20] for m in messages])
+    findings.assert_none()
 
 
 @contextlib.contextmanager
@@ -213,6 +248,7 @@ def postgres() -> Iterator[dict[str, Any]]:
 
 
 def test_postgres_stopped_mid_reply_loses_nothing_and_says_so_in_words(tmp_path, tiny_model, postgres):
+    findings = Findings()
     env = {"CHAT_DATABASE_URL": postgres["url"], "CHAT_SIGNUP": "open", "CHAT_MAX_NEW_TOKENS": "1900"}
     with running_server(data_dir(tmp_path), tiny_model, **env) as server:
         names = ["eve", "fay"]
@@ -223,21 +259,24 @@ def test_postgres_stopped_mid_reply_loses_nothing_and_says_so_in_words(tmp_path,
         postgres["stop"]()
         try:
             code, report = health(server)
-            assert code == 503 and report["database"] == "not accepting writes (unreachable)", report
+            findings.check(code == 503 and report.get("database") != "ok", "3. /healthz says ok", report)
             login = httpx.post(server.url + "login", data={"username": "eve", "password": PASSWORD})
-            assert login.status_code == 503 and "cannot reach its database" in login.text
-            _chatbot, box, _, refusal, _ = clients["eve"].predict("while the database is down", chats["eve"], "",
-                                                                  0.7, 0.9, 4, "", api_name="/send")
-            assert box == "while the database is down" and refusal.startswith("⚠ The server cannot")
-            opened = clients["fay"].predict(chats["fay"], api_name="/open")[2]
+            findings.check(login.status_code == 503 and "cannot reach its database" in login.text,
+                           "4. login does not say the server is unavailable", f"{login.status_code} {login.text}")
+            box, refusal = try_send(clients["eve"], "while the database is down", chats["eve"])
+            findings.check(box == "while the database is down" and refusal.startswith("⚠ The server cannot"),
+                           "4. the refusal is not the sentence", refusal)
+            _, opened = try_open(clients["fay"], chats["fay"])
             finals = {name: job.result() for name, job in jobs.items()}
             statuses = [final[3] for final in finals.values()]
-            assert all(PENDING_NOTE in status for status in statuses), statuses
-            assert_no_leak(login.text, refusal, opened, *statuses)
+            findings.check(all(PENDING_NOTE in status for status in statuses), "1. no note on the page", statuses)
+            findings.check(not leaks(login.text, refusal, opened, *statuses), "4. driver text reached a tester",
+                           leaks(login.text, refusal, opened, *statuses))
         finally:
             postgres["start"]()
         wait_for_health(server, 200)
-        assert seen_replies_are_stored_once(server, finals, chats) == 2
+        check_seen_replies_stored_once(findings, server, finals, chats)
+    findings.assert_none()
 
 
 def test_a_crash_while_a_new_chat_is_stored_leaves_no_empty_chat(tmp_path, tiny_model, postgres):
