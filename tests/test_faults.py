@@ -195,7 +195,10 @@ def test_sqlite_disk_full_loses_no_reply_a_tester_saw(tmp_path, tiny_model):
             findings.check("database or disk is full" in server.log(), "4. the details are not in the log")
 
             filler.unlink()
+            freed = time.monotonic()
             wait_for_health(server, 200)
+            print(f"\ndisk full: {len(finals)} replies kept in the journal, stored "
+                  f"{time.monotonic() - freed:.1f} s after the disk had room again")
             check_seen_replies_stored_once(findings, server, finals, chats)
             # the chats go on in order
             send(clients["ann"], "and after the fault?", chats["ann"], max_new_tokens=4)
@@ -274,7 +277,10 @@ def test_postgres_stopped_mid_reply_loses_nothing_and_says_so_in_words(tmp_path,
                            leaks(login.text, refusal, opened, *statuses))
         finally:
             postgres["start"]()
+            restarted = time.monotonic()
         wait_for_health(server, 200)
+        print(f"\nPostgreSQL stopped: {len(finals)} replies kept in the journal, stored "
+              f"{time.monotonic() - restarted:.1f} s after it started again")
         check_seen_replies_stored_once(findings, server, finals, chats)
     findings.assert_none()
 
@@ -364,6 +370,7 @@ def test_ctrl_c_lets_replies_finish_then_stores_the_rest_as_stopped_by_the_serve
     finally:
         server.kill()
     assert took < 15, took
+    print(f"\nCtrl-C with 3 replies streaming: the server exited after {took:.1f} s")
     for name in ("ida", "jon"):
         assert bubble_texts(finals[name][0])[-1][1].endswith("*(stopped by the server)*")
     server = ServerProcess(tmp_path, tiny_model, env).start()
