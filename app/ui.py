@@ -396,7 +396,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         # The open chat's id lives in a hidden box rather than gr.State so every endpoint
         # takes the id explicitly, from the page or from an API client, and checks it.
         conversation_state = gr.Textbox(visible="hidden", elem_id="conversation-id")
-        timezone = gr.Textbox(visible="hidden", elem_id="timezone")
+        timezone = gr.Textbox("UTC", visible="hidden", elem_id="timezone")
         with gr.Sidebar(label="Chats", open=True, elem_id="chats-sidebar"):
             greeting = gr.Markdown(elem_id="greeting")
             with gr.Row(elem_id="sidebar-actions"):
@@ -471,8 +471,9 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         chat_list.input(None, [chat_list], [conversation_state], js=CLOSE_SIDEBAR_ON_PHONE_JS).then(
             on_select, [conversation_state], chat_outputs, api_name="open", show_progress="hidden",
         )
-        search.input(on_search, [search, conversation_state], list_outputs, api_name="search",
-                     show_progress="hidden", trigger_mode="always_last")
+        # .change, not .input: pasting and clearing must search too; always the latest text
+        search.change(on_search, [search, conversation_state], list_outputs, api_name="search",
+                      show_progress="hidden", trigger_mode="always_last")
         clear_search.click(on_clear_search, [conversation_state], [search, *list_outputs], api_name=False,
                            show_progress="hidden")
         more_button.click(on_more, [search, conversation_state], list_outputs, api_name=False)
