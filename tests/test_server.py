@@ -283,10 +283,12 @@ def test_full_queue_says_busy_and_keeps_the_text(strict_server):
     clients = {name: client_for(strict_server, name) for name in names}  # all connected first
     before = message_count(strict_server)
 
+    waiting_notes: list[str] = []
+
     def send_long(name: str) -> tuple[str, str, str]:
-        _, box, conversation_id, status, _ = clients[name].predict(
-            f"long reply for {name}", "", "", 1.0, 1.0, 1800, "", api_name="/send"
-        )
+        job = clients[name].submit(f"long reply for {name}", "", "", 1.0, 1.0, 1800, "", api_name="/send")
+        waiting_notes.extend(update[3] for update in job if update[3].startswith("⏳"))
+        _, box, conversation_id, status, _ = job.result()
         return box, conversation_id, status
 
     with ThreadPoolExecutor(len(names)) as pool:
@@ -298,6 +300,8 @@ def test_full_queue_says_busy_and_keeps_the_text(strict_server):
         box, _conversation_id, status = outcomes[name]
         assert status.startswith("⚠") and box == f"long reply for {name}"
     assert message_count(strict_server) == before + 2 * len(served)  # nothing stored for the refused
+    # the one that waited was told the truth: one reply running, nobody else ahead of it
+    assert "⏳ The model is busy with 1 reply; yours is next and starts as soon as one finishes." in waiting_notes
     assert send(clients[names[0]], "now there is room", max_new_tokens=4)[1][3] == ""
 
 
