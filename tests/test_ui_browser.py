@@ -44,7 +44,7 @@ from tests.support import PYTHON, ROOT, add_user, build_tiny_llama, running_serv
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed (apt-get install chromium)")
 
 PASSWORD = "browser-password"
-USERS = ("tester", "keys", "themes", "stopper", "switcher", "searcher", "renderer", "settler", "phone")
+USERS = ("tester", "keys", "themes", "stopper", "switcher", "searcher", "renderer", "settler", "phone", "pager")
 
 
 @pytest.fixture(scope="module")
@@ -487,3 +487,25 @@ def test_a_page_on_another_origin_reads_nothing_of_a_logged_in_user(server, page
     page.wait_for_url("**/login", timeout=30_000)
     page.goto(server.url)
     assert "/login" in page.url and page.get_by_label("Username").is_visible()
+
+
+def test_the_chat_list_reaches_every_chat(server, pages):
+    start = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    import_chats(server, "pager", [
+        chat_document(f"old chat {number:03d}", [("user", f"message {number}", None)],
+                      start.replace(day=1 + number % 28, month=1 + number // 28))
+        for number in range(120)
+    ])
+    page = pages()
+    log_in(page, server.url, "pager", PASSWORD)
+    labels, more = page.locator("#chat-list label"), page.locator("#more-chats")
+    wait_for(lambda: labels.count() == 50)
+    more.click()
+    wait_for(lambda: labels.count() == 100)
+    more.click()
+    wait_for(lambda: labels.count() == 120)
+    wait_for(lambda: not more.is_visible(), timeout=5)
+    oldest = labels.last
+    assert "old chat 000" in oldest.inner_text() and "2025" in oldest.inner_text()
+    oldest.click()
+    wait_for(lambda: "message 0" in page.locator(USER_BUBBLES).first.inner_text(), timeout=10)
