@@ -12,6 +12,7 @@ that page, so opening another chat mid-reply shows that chat and nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import html
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -40,6 +41,7 @@ FINISH_NOTES = {
 }
 INTERRUPTED_NOTE = "⚠ This reply was interrupted (the server stopped). Press **Retry** to generate it."
 NO_MATCH = "No chats match your search."
+STOP_WAIT_STEPS = 15
 
 
 class ServiceHolder:
@@ -324,11 +326,18 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
 
     async def on_stop(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Stop the reply of the chat on screen at once; its stream shows and stores it as stopped."""
+        service = holder.get()
         try:
-            stopped = await holder.get().stop(request.username, conversation_id)
+            # a Stop right after Send may come before the reply has started (or, in a new
+            # chat, before the chat exists): give it a moment to appear
+            for _ in range(STOP_WAIT_STEPS):
+                target = conversation_id or views.on_screen(request.session_hash)
+                if await service.stop(request.username, target):
+                    return "Stopped.", *button_updates(False)
+                await asyncio.sleep(0.1)
         except ChatError as error:
             return problem(error), *button_updates(False)
-        return ("Stopped." if stopped else "Nothing to stop."), *button_updates(False)
+        return "Nothing to stop.", *button_updates(False)
 
     async def on_undo(conversation_id: str | None, search: str, request: gr.Request) -> tuple[Any, ...]:
         if not conversation_id:

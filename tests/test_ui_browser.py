@@ -412,6 +412,7 @@ def test_phone_layout(server, pages):
     wait_for(lambda: "open" not in (sidebar.get_attribute("class") or ""), timeout=5)  # closed after a pick
     page.locator(USER_BUBBLES).first.wait_for(timeout=10_000)
     assert "first of two" in page.locator(USER_BUBBLES).first.inner_text()
+    page.wait_for_timeout(500)  # the sidebar's closing animation
     page.screenshot(path=ARTIFACTS / "phone-picked.png")
 
 
