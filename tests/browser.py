@@ -1,6 +1,6 @@
 """Driving the chat page in headless Chromium (Debian's, through Playwright), as a person would.
 
-The login steps live in ``log_in`` only, so a change of the login page changes one place.
+The login steps live in ``tests.support.browser_login`` only, so a change of the login page changes one place.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.support import ROOT
+from tests.support import ROOT, browser_login
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -46,12 +46,8 @@ def browser_pages() -> Iterator[Callable[..., Any]]:
 
 
 def log_in(page: Any, url: str, username: str, password: str) -> None:
-    """The login form, filled in and sent; returns once the chat page is up."""
-    page.goto(url)
-    page.get_by_label("username").fill(username)
-    page.get_by_label("password").fill(password)
-    page.get_by_role("button", name=re.compile("login", re.I)).click()
-    page.locator("#message textarea").wait_for(timeout=30_000)
+    """Our login page (``tests.support.browser_login``, the one place with the login steps), then the chat page."""
+    browser_login(page, url, username, password)
     wait_until_loaded(page)
 
 
