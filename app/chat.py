@@ -181,9 +181,9 @@ class ChatOptions:
 class ChatEvent:
     """One update for the UI while a reply is produced.
 
-    kind: ``conversation`` (the chat id, first for a new chat), ``waiting`` (queue
-    position in ``position``), ``text`` (the reply so far), ``done`` (``message``
-    holds the stored reply).
+    kind: ``conversation`` (the chat id, first for a new chat), ``waiting`` (requests
+    ahead in ``position``, replies being generated in ``running``), ``text`` (the reply
+    so far), ``done`` (``message`` holds the stored reply).
     """
 
     kind: str
@@ -191,11 +191,12 @@ class ChatEvent:
     text: str = ""
     position: int | None = None
     message: MessageRecord | None = None
+    running: int = 0
 
 
 @dataclass
 class _Reply:
-    """What a reply has produced so far and where it goes, so any ending can persist it."""
+    """What a reply has produced so far and where it goes, so any ending can persist it; and its Stop switch."""
 
     stream: GenerationStream
     user_id: int
@@ -204,6 +205,7 @@ class _Reply:
     replace: bool = False  # Retry: supersedes what follows ``after_seq``
     text: str = ""
     started: float = field(default_factory=time.perf_counter)
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def with_pending(conversation: ConversationRecord, pending: list[PendingReply]) -> ConversationRecord:
@@ -235,6 +237,25 @@ def check_message_text(text: Any, max_chars: int) -> str:
         if unicodedata.category(char) == "Cs":
             raise ChatError("The message contains invalid Unicode (an unpaired surrogate).")
     return text
+
+
+def options_of(conversation: ConversationRecord) -> ChatOptions:
+    """The settings a chat was last used with: its system prompt and its last message's sampling.
+
+    Every user message stores the sampling parameters it was sent with, so a chat's
+    settings live with the chat without a column of their own.
+    """
+    system = next((m.content for m in conversation.messages if m.role == "system"), "")
+    for message in reversed(conversation.messages):
+        if message.role == "user" and message.params:
+            params = message.params
+            try:
+                return ChatOptions(
+                    system, float(params["temperature"]), float(params["top_p"]), int(params["max_new_tokens"])
+                )
+            except (KeyError, TypeError, ValueError):
+                break
+    return ChatOptions(system)
 
 
 def title_from(text: str) -> str:
@@ -271,6 +292,8 @@ class ChatService:
         self.rate_period = rate_period
         self._throttlers: dict[str, Throttler] = {}
         self._searches = SearchGate()
+        # replies being generated, by conversation id: one at a time per chat
+        self._live: dict[str, _Reply] = {}
         self.export_dir = export_dir or Path(tempfile.mkdtemp(prefix="chat-exports-"))
 
     # ------------------------------------------------------------ identity
@@ -318,6 +341,43 @@ class ChatService:
         except SearchTooSlow as error:
             raise ChatError(str(error)) from None
 
+    async def last_options(self, username: str | None) -> ChatOptions | None:
+        """The settings of the user's most recently active chat: the defaults for a new one."""
+        user_id = await self.user_id(username)
+        latest = await self.repository.list_conversations(user_id, limit=1)
+        if not latest:
+            return None
+        try:
+            conversation = await self.repository.get_conversation(user_id, latest[0].id)
+        except NotFound:
+            return None
+        return options_of(conversation)
+
+    def live_text(self, conversation: ConversationRecord) -> str | None:
+        """The reply being generated in this (already opened, so owned) chat, or None."""
+        reply = self._live.get(conversation.id)
+        if reply is None or reply.user_id != conversation.user_id:
+            return None
+        return reply.text
+
+    async def stop(self, username: str | None, conversation_id: str | None) -> bool:
+        """Stop the reply being generated in this chat at once; False if none was running.
+
+        The engine is told immediately; the reply's own stream stops showing text at
+        once and stores what was generated, marked stopped.
+        """
+        user_id = await self.user_id(username)
+        reply = self._live.get(conversation_id or "")
+        if reply is None or reply.user_id != user_id:
+            return False
+        reply.stop_requested.set()
+        reply.stream.cancel()
+        return True
+
+    def _refuse_if_replying(self, conversation_id: str | None) -> None:
+        if conversation_id and conversation_id in self._live:
+            raise ChatError("A reply is still being written in this chat: wait for it, or press Stop.")
+
     async def open(self, username: str | None, conversation_id: str) -> ConversationRecord:
         user_id = await self.user_id(username)
         if not isinstance(conversation_id, str) or not conversation_id:
@@ -349,21 +409,30 @@ class ChatService:
 
     async def delete(self, username: str | None, conversation_id: str) -> None:
         user_id = await self.user_id(username)
+        await self.stop(username, conversation_id)
         try:
             with database_faults(CANNOT_SAVE):
                 await self.repository.delete_conversation(user_id, conversation_id)
         except NotFound:
             raise ConversationNotFound() from None
 
-    async def undo(self, username: str | None, conversation_id: str) -> ConversationRecord:
-        """Remove the last exchange (the last user message and anything after it)."""
+    async def undo(self, username: str | None, conversation_id: str) -> ConversationRecord | None:
+        """Remove the last exchange (the last user message and anything after it).
+
+        Undoing a chat's only exchange deletes the chat (None is returned): an empty
+        chat titled after a message that no longer exists would only mislead.
+        """
         conversation = await self.open(username, conversation_id)
+        self._refuse_if_replying(conversation.id)
         user_messages = [m for m in conversation.messages if m.role == "user"]
         if not user_messages:
             raise ChatError("Nothing to undo.")
         await self._settle(conversation.id)
         try:
             with database_faults(CANNOT_SAVE):
+                if len(user_messages) == 1:
+                    await self.repository.delete_conversation(conversation.user_id, conversation.id)
+                    return None
                 await self.repository.delete_messages_from(conversation.user_id, conversation.id, user_messages[-1].seq)
         except NotFound:
             raise ConversationNotFound() from None
@@ -380,6 +449,7 @@ class ChatService:
         params = options.sampling(self.max_new_tokens)
         if conversation_id:
             conversation = await self.open(username, conversation_id)
+            self._refuse_if_replying(conversation.id)
         else:
             conversation = None
         self._check_capacity()
@@ -452,6 +522,7 @@ class ChatService:
         last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
         if last_user is None:
             raise ChatError("There is no message to retry yet.")
+        self._refuse_if_replying(conversation.id)
         self._check_capacity()
         await self._throttle(username or "")
         await self._settle(conversation.id)
@@ -507,12 +578,15 @@ class ChatService:
         self, reply: _Reply, params: SamplingParams, dropped_turns: int
     ) -> AsyncIterator[ChatEvent]:
         ending = "error"
+        ended_here = False  # True only when no exception is on its way out (yielding is allowed)
+        self._live[reply.conversation_id] = reply
         self._active_replies += 1
         self._no_active_replies.clear()
         try:
             async for event in self._reply_events(reply.conversation_id, reply):
                 yield event
-            ending = "done"
+            ending = "stopped" if reply.stop_requested.is_set() else "done"
+            ended_here = True
         except asyncio.CancelledError:
             ending = "stopped"  # the Stop button cancels the handler
             raise
@@ -523,8 +597,12 @@ class ChatService:
             reply.stream.cancel()
             storing = asyncio.ensure_future(self._persist_reply(reply, params, dropped_turns, ending))
             storing.add_done_callback(self._reply_settled)
-            message = await asyncio.shield(storing)
-            if ending == "done" and message is not None:
+            try:
+                message = await asyncio.shield(storing)
+            finally:
+                if self._live.get(reply.conversation_id) is reply:
+                    del self._live[reply.conversation_id]
+            if ended_here and message is not None:
                 yield ChatEvent("done", reply.conversation_id, text=message.content, message=message)
 
     def _reply_settled(self, _storing: asyncio.Future[MessageRecord | None]) -> None:
@@ -533,18 +611,27 @@ class ChatService:
             self._no_active_replies.set()
 
     async def _reply_events(self, conversation_id: str, reply: _Reply) -> AsyncIterator[ChatEvent]:
-        """Stream text events; while queued, report the queue position every half second."""
+        """Stream text events; while queued, report the queue position every half second.
+
+        A Stop ends the events at once (not at the engine's next step), so nothing
+        more is shown after the click.
+        """
         iterator = reply.stream.__aiter__()
         next_delta: asyncio.Task[str] | None = None
+        stopping = asyncio.ensure_future(reply.stop_requested.wait())
         try:
             while True:
                 if next_delta is None:
                     next_delta = asyncio.ensure_future(iterator.__anext__())
-                done, _ = await asyncio.wait({next_delta}, timeout=0.5)
+                done, _ = await asyncio.wait({next_delta, stopping}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                if stopping in done:
+                    yield ChatEvent("stopped", conversation_id, text=reply.text)
+                    return
                 if not done:
                     position = reply.stream.queue_position
                     if position is not None:
-                        yield ChatEvent("waiting", conversation_id, text=reply.text, position=position)
+                        running = self.engine.stats().running
+                        yield ChatEvent("waiting", conversation_id, text=reply.text, position=position, running=running)
                     continue
                 try:
                     delta = next_delta.result()
@@ -555,6 +642,7 @@ class ChatService:
                 reply.text += delta
                 yield ChatEvent("text", conversation_id, text=reply.text)
         finally:
+            stopping.cancel()
             if next_delta is not None:
                 next_delta.cancel()
 

@@ -33,8 +33,9 @@ from app.engine import Engine, LoadedModel, ModelLoadError, PromptFormat, load_m
 from app.engine.fast_linear import pack_linear_layers
 from app.login_guard import LoginGuard
 from app.migrate import upgrade_async
+from app.page_assets import CSS, PAGE_JS
 from app.sessions import DatabaseUnavailable, SessionManager
-from app.ui import CSS, REPLY_EVENTS, ServiceHolder, build_ui
+from app.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web_auth import build_auth_router
 from app.web_security import SecurityMiddleware
 from storage.database import Database
@@ -240,7 +241,7 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
     blocks = build_ui(holder, settings)
     size_queue(blocks, settings)
     return gr.mount_gradio_app(
-        app, blocks, path="/", auth_dependency=current_username, css=CSS, ssr_mode=False, footer_links=[],
+        app, blocks, path="/", auth_dependency=current_username, css=CSS, js=PAGE_JS, ssr_mode=False, footer_links=[],
         max_file_size=1,  # no uploads (the middleware refuses the route; this is a second lock)
     )
 

@@ -2,24 +2,36 @@
 
 Handlers read the user from ``request.username`` (our login, app/sessions.py) and nothing the
 browser sends can name another user. Text is shown as text: HTML in messages and
-titles is escaped outside code, so a ``<script>`` is displayed, never run.
+titles is made inert outside code (app/rendering.py), so a ``<script>`` is displayed,
+never run, and code shows ``<`` literally.
+
+One chat, one stream: a reply streams through the event that sent its message, and
+every update it makes first checks (app/views.py) that its chat is still the one on
+that page, so opening another chat mid-reply shows that chat and nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import gradio as gr
 
-from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted
+from app import chat_list as listing
+from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted, options_of
 from app.config import Settings
+from app.page_assets import (
+    CLOSE_SIDEBAR_ON_PHONE_JS,
+    SET_ADDRESS_JS,
+    TIMEZONE_JS,
+    TOGGLE_THEME_JS,
+)
+from app.rendering import safe_markdown
+from app.views import Views
 from storage.repository import ConversationRecord, MessageRecord
 
-CODE_SPANS = re.compile(r"(```[\s\S]*?```|`[^`\n]+`)")
 FINISH_NOTES = {
     "stopped": "(stopped)",
     "disconnected": "(stopped: the page was closed)",
@@ -32,24 +44,8 @@ PENDING_NOTE = "💾 saved locally, will be stored when the database is back"
 # the Gradio concurrency group of the events that stream a reply; app/server.py sizes it
 REPLY_EVENTS = "replies"
 INTERRUPTED_NOTE = "⚠ This reply was interrupted (the server stopped). Press **Retry** to generate it."
-
-CSS = """
-#chat { min-height: 55vh; }
-#chat .message.user, #chat .user-row .message { background: #2f6feb; color: #fff; }
-#chat .message.bot, #chat .bot-row .message { background: #f2f3f5; color: #111; }
-#status { min-height: 1.5em; }
-.finish-note { opacity: .7; font-style: italic; }
-@media (max-width: 700px) { #chat { min-height: 60vh; } .gradio-container { padding: 4px !important; } }
-"""
-
-SET_ADDRESS_JS = """
-(conversationId) => {
-  const url = new URL(window.location.href);
-  if (conversationId) { url.searchParams.set('c', conversationId); } else { url.searchParams.delete('c'); }
-  window.history.replaceState(null, '', url);
-  return [];
-}
-"""
+NO_MATCH = "No chats match your search."
+STOP_WAIT_STEPS = 15
 
 
 class ServiceHolder:
@@ -65,9 +61,22 @@ class ServiceHolder:
 
 
 def shown_as_text(text: str) -> str:
-    """Escape HTML outside code spans/blocks (Markdown already shows code literally)."""
-    parts = CODE_SPANS.split(text)
-    return "".join(part if index % 2 else html.escape(part, quote=False) for index, part in enumerate(parts))
+    """Markdown for the page: code as code, no live HTML, no remote images (see app/rendering.py)."""
+    return safe_markdown(text).markdown
+
+
+def reply_stats(message: MessageRecord) -> str:
+    """``42 tokens · first token 0.31 s · 12.5 tokens/s`` from the stored fields ('' if unknown)."""
+    parts = []
+    tokens = message.completion_tokens
+    if tokens:
+        parts.append(f"{tokens} token{'s' if tokens != 1 else ''}")
+    first = (message.params or {}).get("time_to_first_token_ms")
+    if isinstance(first, int | float):
+        parts.append(f"first token {first / 1000:.2f} s")
+        if tokens and message.latency_ms and message.latency_ms > first and tokens > 1:
+            parts.append(f"{(tokens - 1) / ((message.latency_ms - first) / 1000):.1f} tokens/s")
+    return " · ".join(parts)
 
 
 def message_bubble(message: MessageRecord) -> dict[str, str]:
@@ -81,15 +90,22 @@ def message_bubble(message: MessageRecord) -> dict[str, str]:
         content = (content + "\n\n" if content else "") + f"*{note}*"
     if message.pending:
         content = (content + "\n\n" if content else "") + f"*{PENDING_NOTE}*"
+    stats = reply_stats(message)
+    if stats:
+        content += f'\n\n<small class="reply-stats">{stats}</small>'
     return {"role": "assistant", "content": content}
 
 
-def conversation_bubbles(conversation: ConversationRecord | None) -> list[dict[str, str]]:
+def conversation_bubbles(conversation: ConversationRecord | None, live_text: str | None = None) -> list[dict[str, str]]:
+    """A stored chat; ``live_text`` is its reply being generated right now, if any."""
     if conversation is None:
         return []
     bubbles = [message_bubble(m) for m in conversation.messages]
     if interrupted(conversation):
-        bubbles.append({"role": "assistant", "content": INTERRUPTED_NOTE})
+        if live_text is not None:
+            bubbles.append({"role": "assistant", "content": shown_as_text(live_text) or "…"})
+        else:
+            bubbles.append({"role": "assistant", "content": INTERRUPTED_NOTE})
     return bubbles
 
 
@@ -97,80 +113,154 @@ def problem(error: Exception) -> str:
     return f"⚠ {html.escape(str(error), quote=False)}"
 
 
+def waiting_note(event: ChatEvent) -> str:
+    """What the queue really looks like: replies running, and messages ahead of this one."""
+    running = f"The model is busy with {event.running} repl{'y' if event.running == 1 else 'ies'}"
+    ahead = event.position or 0
+    if ahead == 0:
+        return f"⏳ {running}; yours is next and starts as soon as one finishes."
+    return f"⏳ {running}; {ahead} message{'s' if ahead != 1 else ''} wait ahead of yours."
+
+
 def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
     """The chat page. Wiring only: each handler calls one ChatService method."""
+    views = Views()
+    default_options = ChatOptions(max_new_tokens=min(256, settings.max_new_tokens))
 
-    async def chat_choices(username: str | None, search: str = "") -> list[tuple[str, str]]:
-        summaries = await holder.get().list_conversations(username, search or "")
-        return [(s.title, s.id) for s in summaries]
+    def settings_updates(options: ChatOptions | None) -> tuple[Any, ...]:
+        options = options or default_options
+        return (
+            options.system_prompt,
+            options.temperature,
+            options.top_p,
+            max(1, min(int(options.max_new_tokens), settings.max_new_tokens)),
+        )
 
-    async def on_load(request: gr.Request) -> tuple[Any, ...]:
-        username = request.username
+    def button_updates(replying: bool) -> tuple[Any, Any]:
+        """Send and Stop share one place: Stop shows while the chat on screen has a reply coming."""
+        return gr.update(visible=not replying), gr.update(visible=replying)
+
+    async def list_updates(username: str | None, search: str, session: str | None, value: Any) -> tuple[Any, ...]:
+        """The chat list (a page of it, more on request), its "show more" button and its no-match line."""
+        view = views.page(session)
+        shown = max(listing.PAGE_SIZE, view.shown_chats if view else 0)
+        summaries = await holder.get().list_conversations(username, search or "", limit=shown + 1)
+        more = len(summaries) > shown
+        choices = listing.choices(summaries[:shown], view.timezone if view else None)
+        if value is not None and value not in {c[1] for c in choices}:
+            value = None
+        return (
+            gr.update(choices=choices, value=value),
+            gr.update(visible=more),
+            gr.update(value=NO_MATCH if (search or "").strip() and not choices else "", visible=True),
+        )
+
+    async def chat_updates(conversation: ConversationRecord | None) -> tuple[Any, ...]:
+        """chatbot, conversation id, status, send, stop, and the chat's settings."""
         service = holder.get()
-        greeting = f"Signed in as **{html.escape(username or '')}** · model `{service.model_name}`"
-        try:
-            choices = await chat_choices(username)
-        except ChatError as error:
-            return greeting, gr.update(choices=[], value=None), [], None, problem(error)
+        if conversation is None:
+            return ([], None, "", *button_updates(False), *settings_updates(None))
+        live = service.live_text(conversation)
+        return (
+            conversation_bubbles(conversation, live), conversation.id, "", *button_updates(live is not None),
+            *settings_updates(options_of(conversation)),
+        )
+
+    async def on_load(timezone: str, request: gr.Request) -> tuple[Any, ...]:
+        username, session = request.username, request.session_hash
+        service = holder.get()
+        views.open_page(session, timezone or "UTC")
         wanted = request.query_params.get("c") if request.query_params else None
-        if not wanted:
-            return greeting, gr.update(choices=choices, value=None), [], None, ""
+        greeting = f"Signed in as **{html.escape(username or '')}** · model `{service.model_name}`"
+        conversation, note = None, ""
+        if wanted:
+            try:
+                conversation = await service.open(username, wanted)
+            except ChatError as error:
+                note = problem(error)
+        views.show(session, conversation.id if conversation else None)
+        chat = list(await chat_updates(conversation))
         try:
-            conversation = await service.open(username, wanted)
-        except ChatError as error:
-            return greeting, gr.update(choices=choices, value=None), [], None, problem(error)
-        bubbles = conversation_bubbles(conversation)
-        return greeting, gr.update(choices=choices, value=conversation.id), bubbles, conversation.id, ""
+            if conversation is None:
+                chat[5:] = settings_updates(await service.last_options(username))
+            chat_list, more, no_match = await list_updates(username, "", session, conversation and conversation.id)
+        except ChatError as error:  # the database is unavailable: say so in words, show an empty list
+            note = problem(error)
+            chat_list, more, no_match = gr.update(choices=[], value=None), gr.update(visible=False), gr.update()
+        chatbot, conversation_id, _status, *rest = chat
+        return (greeting, chat_list, chatbot, conversation_id, note, more, no_match, *rest)
 
     async def on_select(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        views.show(request.session_hash, conversation_id)
         if not conversation_id:
-            return [], None, ""
+            return await chat_updates(None)
         try:
             conversation = await holder.get().open(request.username, conversation_id)
         except ChatError as error:
-            return [], None, problem(error)
-        return conversation_bubbles(conversation), conversation.id, ""
+            views.show(request.session_hash, None)
+            return ([], None, problem(error), *button_updates(False), *settings_updates(None))
+        return await chat_updates(conversation)
 
-    async def on_search(search: str, current: str | None, request: gr.Request) -> Any:
+    async def on_search(search: str, current: str | None, request: gr.Request) -> tuple[Any, ...]:
         try:
-            choices = await chat_choices(request.username, search)
+            return await list_updates(request.username, search, request.session_hash, current)
         except ChatError as error:
-            gr.Warning(str(error))
-            return gr.update()
-        return gr.update(choices=choices, value=current if current in {c[1] for c in choices} else None)
+            return gr.update(), gr.update(), gr.update(value=problem(error), visible=True)
 
-    def new_chat() -> tuple[Any, ...]:
-        return [], None, gr.update(value=None), ""
+    async def on_clear_search(current: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return ("", *await list_updates(request.username, "", request.session_hash, current))
 
-    async def stream_events(
-        events: AsyncIterator[ChatEvent], bubbles: list[dict[str, str]], conversation_id: str | None,
-        username: str | None, search: str,
-    ) -> AsyncIterator[tuple[Any, ...]]:
-        """Turn service events into (chatbot, conversation id, status, chat list) updates."""
+    async def on_more(search: str, current: str | None, request: gr.Request) -> tuple[Any, ...]:
+        view = views.page(request.session_hash)
+        if view is not None:
+            view.shown_chats = max(listing.PAGE_SIZE, view.shown_chats) + listing.PAGE_SIZE
+        return await on_search(search, current, request)
+
+    async def new_chat(request: gr.Request) -> tuple[Any, ...]:
+        views.show(request.session_hash, None)
+        chatbot, conversation_id, status, *rest = await chat_updates(None)
+        options = await holder.get().last_options(request.username)
+        return (chatbot, conversation_id, gr.update(value=None), status, *rest[:2], *settings_updates(options))
+
+    async def relay(
+        events: AsyncIterator[ChatEvent], bubbles: list[dict[str, str]], origin: str | None,
+        username: str | None, search: str, session: str | None,
+    ) -> AsyncIterator[tuple[Any, ...] | None]:
+        """Service events to (chatbot, conversation id, status, chat list); None while off screen."""
+        conversation_id = origin
         async for event in events:
-            conversation_id = event.conversation_id
-            status = ""
             if event.kind == "conversation":
-                yield bubbles, conversation_id, "", gr.update(
-                    choices=await chat_choices(username, search), value=conversation_id
-                )
+                if event.conversation_id != conversation_id and views.showing(session, conversation_id):
+                    views.show(session, event.conversation_id)  # the new chat is the one on screen
+                conversation_id = event.conversation_id
+                if views.showing(session, conversation_id):
+                    chats, _more, _no_match = await list_updates(username, search, session, conversation_id)
+                    yield bubbles, conversation_id, "", chats
+                else:
+                    yield None
                 continue
+            status = ""
             if event.kind == "waiting":
-                status = f"⏳ Waiting for the model: {event.position} request(s) ahead of yours…"
+                status = waiting_note(event)
             if event.kind == "done" and event.message is not None:
                 bubbles[-1] = message_bubble(event.message)
                 if event.message.pending:
                     status = f"⚠ The database did not take this reply: {PENDING_NOTE}."
+            elif event.kind == "stopped":
+                text = shown_as_text(event.text)
+                bubbles[-1] = {"role": "assistant", "content": (text + "\n\n" if text else "") + "*(stopped)*"}
             else:
                 bubbles[-1] = {"role": "assistant", "content": shown_as_text(event.text) or "…"}
-            yield bubbles, conversation_id, status, gr.update()
+            yield (bubbles, conversation_id, status, gr.update()) if views.showing(session, conversation_id) else None
 
     async def on_send(
         text: str, conversation_id: str | None, system_prompt: str, temperature: float, top_p: float,
         max_new_tokens: float, search: str, request: gr.Request,
     ) -> AsyncIterator[tuple[Any, ...]]:
-        username = request.username
+        username, session = request.username, request.session_hash
         service = holder.get()
+        conversation_id = conversation_id or None
+        unchanged = (gr.update(),) * 5
         try:
             before = await service.open(username, conversation_id) if conversation_id else None
         except ChatError as error:
@@ -182,24 +272,29 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         history = list(bubbles)
         options = ChatOptions(system_prompt or "", temperature, top_p, int(max_new_tokens))
         bubbles += [{"role": "user", "content": shown_as_text(text or "")}, {"role": "assistant", "content": "…"}]
+        cleared = False
         try:
             events = service.send(username, conversation_id, text, options)
-            first = True
-            async for chatbot, current_id, status, choices in stream_events(
-                events, bubbles, conversation_id, username, search
-            ):
+            async for update in relay(events, bubbles, conversation_id, username, search, session):
+                if update is None:
+                    yield unchanged
+                    continue
+                chatbot, current_id, status, chats = update
                 # the textbox empties only once the message is safely stored
-                conversation_id = current_id
-                yield chatbot, ("" if first else gr.update()), current_id, status, choices
-                first = False
+                yield chatbot, ("" if not cleared else gr.update()), current_id, status, chats
+                cleared = True
         except ChatError as error:  # busy, rate limit, bad input: the typed text goes back
-            yield history, text, conversation_id, problem(error), gr.update()
+            if views.showing(session, conversation_id):
+                yield history, text, conversation_id, problem(error), gr.update()
+            else:
+                gr.Warning(str(error))
+                yield unchanged
 
     async def on_retry(
         conversation_id: str | None, temperature: float, top_p: float, max_new_tokens: float, search: str,
         request: gr.Request,
     ) -> AsyncIterator[tuple[Any, ...]]:
-        username = request.username
+        username, session = request.username, request.session_hash
         service = holder.get()
         if not conversation_id:
             yield gr.update(), conversation_id, problem(ChatError("Open a chat first.")), gr.update()
@@ -218,35 +313,58 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         options = ChatOptions("", temperature, top_p, int(max_new_tokens))
         try:
             events = service.retry(username, conversation_id, options)
-            async for update in stream_events(events, bubbles, conversation_id, username, search):
-                yield update
+            async for update in relay(events, bubbles, conversation_id, username, search, session):
+                yield update if update is not None else (gr.update(),) * 4
         except ChatError as error:
-            yield conversation_bubbles(conversation), conversation_id, problem(error), gr.update()
+            if views.showing(session, conversation_id):
+                yield conversation_bubbles(conversation), conversation_id, problem(error), gr.update()
+            else:
+                gr.Warning(str(error))
+                yield (gr.update(),) * 4
 
-    async def after_stop(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
-        """Show the stopped reply as stored (its partial text and the stopped mark)."""
+    def begin_reply() -> tuple[Any, Any]:
+        return button_updates(True)
+
+    async def end_reply(request: gr.Request) -> tuple[Any, Any]:
+        """After a send or retry: the buttons for whatever chat is on screen now."""
+        conversation_id = views.on_screen(request.session_hash)
         if not conversation_id:
-            return gr.update(), ""
+            return button_updates(False)
+        try:
+            conversation = await holder.get().open(request.username, conversation_id)
+        except ChatError:
+            return button_updates(False)
+        return button_updates(holder.get().live_text(conversation) is not None)
+
+    async def on_stop(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Stop the reply of the chat on screen at once; its stream shows and stores it as stopped."""
         service = holder.get()
-        for _ in range(30):
-            try:
-                conversation = await service.open(request.username, conversation_id)
-            except ChatError as error:
-                return gr.update(), problem(error)
-            if not interrupted(conversation):
-                return conversation_bubbles(conversation), "Stopped."
-            await asyncio.sleep(0.1)
-        return conversation_bubbles(conversation), "Stopped."
+        try:
+            # a Stop right after Send may come before the reply has started (or, in a new
+            # chat, before the chat exists): give it a moment to appear
+            for _ in range(STOP_WAIT_STEPS):
+                target = conversation_id or views.on_screen(request.session_hash)
+                if await service.stop(request.username, target):
+                    return "Stopped.", *button_updates(False)
+                await asyncio.sleep(0.1)
+        except ChatError as error:
+            return problem(error), *button_updates(False)
+        return "Nothing to stop.", *button_updates(False)
 
     async def on_undo(conversation_id: str | None, search: str, request: gr.Request) -> tuple[Any, ...]:
         if not conversation_id:
-            return gr.update(), problem(ChatError("Open a chat first.")), gr.update()
+            return gr.update(), problem(ChatError("Open a chat first.")), gr.update(), gr.update()
         try:
             conversation = await holder.get().undo(request.username, conversation_id)
         except ChatError as error:
-            return gr.update(), problem(error), gr.update()
-        choices = await chat_choices(request.username, search)
-        return conversation_bubbles(conversation), "Removed the last exchange.", gr.update(choices=choices)
+            return gr.update(), problem(error), gr.update(), gr.update()
+        chats, _more, _no_match = await list_updates(
+            request.username, search, request.session_hash, conversation and conversation.id
+        )
+        if conversation is None:
+            views.show(request.session_hash, None)
+            return [], "Removed the last exchange; the chat was empty, so it is gone.", chats, None
+        return conversation_bubbles(conversation), "Removed the last exchange.", chats, conversation.id
 
     async def on_rename(conversation_id: str | None, title: str, search: str, request: gr.Request) -> tuple[Any, ...]:
         if not conversation_id:
@@ -255,13 +373,18 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             await holder.get().rename(request.username, conversation_id, title or "")
         except ChatError as error:
             return problem(error), gr.update(), gr.update()
-        choices = await chat_choices(request.username, search)
-        return "Renamed.", gr.update(choices=choices, value=conversation_id), ""
+        chats, _more, _no_match = await list_updates(request.username, search, request.session_hash, conversation_id)
+        return "Renamed.", chats, ""
 
-    def ask_delete(conversation_id: str | None) -> tuple[Any, ...]:
+    async def ask_delete(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         if not conversation_id:
             return gr.update(visible=False), problem(ChatError("Open a chat first."))
-        return gr.update(visible=True), "Delete this chat for good? Confirm below."
+        try:
+            conversation = await holder.get().open(request.username, conversation_id)
+        except ChatError as error:
+            return gr.update(visible=False), problem(error)
+        title = html.escape(conversation.title, quote=False).replace("*", "\\*").replace("_", "\\_")
+        return gr.update(visible=True), f"Delete the chat **“{title}”** for good? Confirm in the sidebar."
 
     async def on_delete(conversation_id: str | None, search: str, request: gr.Request) -> tuple[Any, ...]:
         try:
@@ -270,8 +393,9 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             await holder.get().delete(request.username, conversation_id)
         except ChatError as error:
             return gr.update(), gr.update(), gr.update(visible=False), problem(error), gr.update()
-        choices = await chat_choices(request.username, search)
-        return [], None, gr.update(visible=False), "Chat deleted.", gr.update(choices=choices, value=None)
+        views.show(request.session_hash, None)
+        chats, _more, _no_match = await list_updates(request.username, search, request.session_hash, None)
+        return [], None, gr.update(visible=False), "Chat deleted.", chats
 
     def exporter(fmt: str, whole_history: bool) -> Callable[..., Any]:
         async def export(conversation_id: str | None, request: gr.Request) -> tuple[Any, str]:
@@ -286,86 +410,123 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         export.__name__ = f"export_{'all' if whole_history else 'chat'}_{fmt}"
         return export
 
+    def forget_page(request: gr.Request) -> None:
+        views.forget(request.session_hash)
+
     with gr.Blocks(title="Team Chat", delete_cache=(600, 3600)) as demo:
         # The open chat's id lives in a hidden box rather than gr.State so every endpoint
         # takes the id explicitly, from the page or from an API client, and checks it.
         conversation_state = gr.Textbox(visible="hidden", elem_id="conversation-id")
-        with gr.Sidebar(label="Chats", open=True):
-            greeting = gr.Markdown()
-            new_chat_button = gr.Button("New chat", variant="primary")
-            search = gr.Textbox(placeholder="Search titles and messages", show_label=False, elem_id="search")
+        timezone = gr.Textbox("UTC", visible="hidden", elem_id="timezone")
+        with gr.Sidebar(label="Chats", open=True, elem_id="chats-sidebar"):
+            greeting = gr.Markdown(elem_id="greeting")
+            with gr.Row(elem_id="sidebar-actions"):
+                new_chat_button = gr.Button("+ New chat", variant="primary", scale=4, elem_id="new-chat")
+                theme_button = gr.Button("◐", scale=1, min_width=40, elem_id="theme-toggle")
+            with gr.Row(elem_id="search-row"):
+                search = gr.Textbox(
+                    placeholder="Search titles and messages", show_label=False, elem_id="search", scale=8,
+                )
+                clear_search = gr.Button("✕", scale=1, min_width=36, elem_id="clear-search", size="sm")
+            no_match = gr.Markdown(elem_id="no-match")
             chat_list = gr.Radio(choices=[], label="Your chats", elem_id="chat-list")
-            with gr.Accordion("Rename or delete this chat", open=False):
-                rename_box = gr.Textbox(label="New title", max_lines=1, elem_id="rename-box")
-                rename_button = gr.Button("Rename")
-                delete_button = gr.Button("Delete chat", variant="stop")
-                with gr.Row(visible=False) as confirm_row:
-                    confirm_delete = gr.Button("Yes, delete it", variant="stop", elem_id="confirm-delete")
-                    cancel_delete = gr.Button("Cancel")
-            with gr.Accordion("Export", open=False):
-                export_json = gr.Button("This chat as JSON", elem_id="export-json")
-                export_md = gr.Button("This chat as Markdown", elem_id="export-md")
-                export_all = gr.Button("All my chats as JSONL", elem_id="export-all")
+            more_button = gr.Button("Show older chats", size="sm", visible=False, elem_id="more-chats")
+            with gr.Row(visible=False, elem_id="confirm-row") as confirm_row:
+                confirm_delete = gr.Button("Yes, delete it", variant="stop", elem_id="confirm-delete")
+                cancel_delete = gr.Button("Cancel", elem_id="cancel-delete")
+            with gr.Accordion("Open chat: rename, delete, export", open=False, elem_id="chat-actions"):
+                with gr.Row():
+                    rename_box = gr.Textbox(placeholder="New title", show_label=False, max_lines=1,
+                                            elem_id="rename-box", scale=3)
+                    rename_button = gr.Button("Rename", scale=1, min_width=60, elem_id="rename")
+                with gr.Row():
+                    delete_button = gr.Button("Delete", variant="stop", size="sm", elem_id="delete")
+                    export_json = gr.Button("JSON", size="sm", elem_id="export-json")
+                    export_md = gr.Button("Markdown", size="sm", elem_id="export-md")
+                    export_all = gr.Button("All (JSONL)", size="sm", elem_id="export-all")
                 export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
             with gr.Row():
                 gr.Button("Account", link="/account", size="sm", elem_id="account")
                 gr.Button("Log out", link="/logout", size="sm", elem_id="logout")
+        with gr.Sidebar(label="Settings", open=False, position="right", elem_id="settings-sidebar"):
+            gr.Markdown("**Settings of this chat** (kept with it; a new chat starts with your last ones)")
+            system_prompt = gr.Textbox(label="System prompt (set when a chat starts)", lines=3,
+                                       elem_id="system-prompt")
+            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = deterministic)",
+                                    elem_id="temperature")
+            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top p", elem_id="top-p")
+            max_new_tokens = gr.Slider(
+                1, settings.max_new_tokens, value=min(256, settings.max_new_tokens), step=1, label="Max new tokens",
+                elem_id="max-new-tokens",
+            )
         chatbot = gr.Chatbot(
-            label="Chat", elem_id="chat", buttons=["copy", "copy_all"], sanitize_html=True, height="60vh",
-            placeholder="Start a new chat below, or open one of yours from the sidebar.",
+            label="Chat", elem_id="chat", buttons=["copy", "copy_all"], sanitize_html=True, height="65vh",
+            placeholder="Start a new chat below, or open one of yours from the sidebar.", show_label=False,
         )
         status = gr.Markdown(elem_id="status")
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=True, elem_id="composer"):
             message = gr.Textbox(
-                placeholder="Message the model… (Enter sends, Shift+Enter for a new line)", show_label=False,
+                placeholder="Message the model… (Enter sends, Shift+Enter adds a line)", show_label=False,
                 lines=2, max_lines=12, scale=8, elem_id="message", autofocus=True,
             )
-            send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-        with gr.Row():
-            stop_button = gr.Button("Stop", elem_id="stop")
-            retry_button = gr.Button("Retry", elem_id="retry")
-            undo_button = gr.Button("Undo", elem_id="undo")
-        with gr.Accordion("Settings", open=False):
-            system_prompt = gr.Textbox(label="System prompt (applies when a new chat starts)", lines=2)
-            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = deterministic)")
-            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top p")
-            max_new_tokens = gr.Slider(
-                1, settings.max_new_tokens, value=min(256, settings.max_new_tokens), step=1, label="Max new tokens"
-            )
+            send_button = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="send")
+            stop_button = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="stop", visible=False)
+        with gr.Row(elem_id="reply-actions"):
+            retry_button = gr.Button("↻ Retry", size="sm", elem_id="retry")
+            undo_button = gr.Button("↶ Undo", size="sm", elem_id="undo")
 
-        demo.load(on_load, None, [greeting, chat_list, chatbot, conversation_state, status], api_name="load")
-        # the radio's choices change per user, so its value is copied in the browser, then checked
-        chat_list.input(None, [chat_list], [conversation_state], js="(picked) => picked").then(
-            on_select, [conversation_state], [chatbot, conversation_state, status], api_name="open"
-        ).then(None, [conversation_state], None, js=SET_ADDRESS_JS)
-        search.input(on_search, [search, conversation_state], [chat_list], api_name="search", show_progress="hidden")
-        new_chat_outputs = [chatbot, conversation_state, chat_list, status]
-        new_chat_button.click(new_chat, None, new_chat_outputs, api_name="new_chat").then(
-            None, [conversation_state], None, js=SET_ADDRESS_JS
+        buttons = [send_button, stop_button]
+        settings_boxes = [system_prompt, temperature, top_p, max_new_tokens]
+        chat_outputs = [chatbot, conversation_state, status, *buttons, *settings_boxes]
+        list_outputs = [chat_list, more_button, no_match]
+
+        demo.load(
+            on_load, [timezone], [greeting, chat_list, chatbot, conversation_state, status, more_button, no_match,
+                                  *buttons, *settings_boxes],
+            api_name="load", js=TIMEZONE_JS,
         )
+        demo.unload(forget_page)
+        # the page's address follows the chat on screen, whoever changed it
+        conversation_state.change(None, [conversation_state], None, js=SET_ADDRESS_JS)
+        # the radio's choices change per user, so its value is copied in the browser, then checked
+        chat_list.input(None, [chat_list], [conversation_state], js=CLOSE_SIDEBAR_ON_PHONE_JS).then(
+            on_select, [conversation_state], chat_outputs, api_name="open", show_progress="hidden",
+        )
+        # .change, not .input: pasting and clearing must search too; always the latest text
+        search.change(on_search, [search, conversation_state], list_outputs, api_name="search",
+                      show_progress="hidden", trigger_mode="always_last")
+        clear_search.click(on_clear_search, [conversation_state], [search, *list_outputs], api_name=False,
+                           show_progress="hidden")
+        more_button.click(on_more, [search, conversation_state], list_outputs, api_name=False)
+        theme_button.click(None, None, None, js=TOGGLE_THEME_JS)
+        new_chat_button.click(
+            new_chat, None, [chatbot, conversation_state, chat_list, status, *buttons, *settings_boxes],
+            api_name="new_chat",
+        ).then(None, None, None, js=CLOSE_SIDEBAR_ON_PHONE_JS)
         # the chatbot's own trash button clears the view only: make it start a new chat
-        chatbot.clear(new_chat, None, new_chat_outputs, api_name=False).then(
-            None, [conversation_state], None, js=SET_ADDRESS_JS
+        chatbot.clear(
+            new_chat, None, [chatbot, conversation_state, chat_list, status, *buttons, *settings_boxes],
+            api_name=False,
         )
         send_inputs = [message, conversation_state, system_prompt, temperature, top_p, max_new_tokens, search]
         send_outputs = [chatbot, message, conversation_state, status, chat_list]
-        sent_by_click = send_button.click(
-            on_send, send_inputs, send_outputs, api_name="send", concurrency_id=REPLY_EVENTS
-        )
-        sent_by_enter = message.submit(
-            on_send, send_inputs, send_outputs, api_name=False, concurrency_id=REPLY_EVENTS
-        )
-        for event in (sent_by_click, sent_by_enter):
-            event.then(None, [conversation_state], None, js=SET_ADDRESS_JS)
-        retried = retry_button.click(
+        # Enter in the message box clicks Send (see page_assets.KEYS_JS); "multiple": a reply
+        # streaming in one chat must not block sending in another
+        send_button.click(begin_reply, None, buttons, api_name=False, show_progress="hidden", queue=False)
+        send_button.click(
+            on_send, send_inputs, send_outputs, api_name="send", show_progress="hidden", trigger_mode="multiple",
+            concurrency_id=REPLY_EVENTS,
+        ).then(end_reply, None, buttons, api_name=False, show_progress="hidden")
+        retry_button.click(begin_reply, None, buttons, api_name=False, show_progress="hidden", queue=False)
+        retry_button.click(
             on_retry, [conversation_state, temperature, top_p, max_new_tokens, search],
-            [chatbot, conversation_state, status, chat_list], api_name="retry", concurrency_id=REPLY_EVENTS,
-        )
-        stop_button.click(
-            after_stop, [conversation_state], [chatbot, status], cancels=[sent_by_click, sent_by_enter, retried],
-            api_name="stop",
-        )
-        undo_button.click(on_undo, [conversation_state, search], [chatbot, status, chat_list], api_name="undo")
+            [chatbot, conversation_state, status, chat_list], api_name="retry", show_progress="hidden",
+            trigger_mode="multiple", concurrency_id=REPLY_EVENTS,
+        ).then(end_reply, None, buttons, api_name=False, show_progress="hidden")
+        stop_button.click(on_stop, [conversation_state], [status, *buttons], api_name="stop",
+                          show_progress="hidden")
+        undo_button.click(on_undo, [conversation_state, search], [chatbot, status, chat_list, conversation_state],
+                          api_name="undo")
         rename_button.click(
             on_rename, [conversation_state, rename_box, search], [status, chat_list, rename_box], api_name="rename"
         )
@@ -374,7 +535,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         confirm_delete.click(
             on_delete, [conversation_state, search], [chatbot, conversation_state, confirm_row, status, chat_list],
             api_name="delete",
-        ).then(None, [conversation_state], None, js=SET_ADDRESS_JS)
+        )
         export_json.click(exporter("json", False), [conversation_state], [export_file, status], api_name="export_json")
         export_md.click(exporter("md", False), [conversation_state], [export_file, status], api_name="export_markdown")
         export_all.click(exporter("jsonl", True), [conversation_state], [export_file, status], api_name="export_all")

@@ -1,110 +1,419 @@
-"""A tester's session in a real browser (Debian's chromium, headless, driven by Playwright)."""
+"""A tester's session in a real browser (Debian's chromium, headless, driven by Playwright).
+
+One server for the module (a tiny random model, so replies are fast and long); each
+test logs in as its own user so the tests do not see each other's chats.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
+import subprocess
+import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from tests.support import ROOT, add_user, browser_login, build_tiny_llama, running_server
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
+from storage.database import Database
+from storage.repository import Repository
+from tests.browser import (
+    ARTIFACTS,
+    BOT_BUBBLES,
+    CHROMIUM,
+    PHONE,
+    USER_BUBBLES,
+    browser_pages,
+    contrast,
+    conversation_in_address,
+    last_reply,
+    log_in,
+    wait_for,
+    wait_until_loaded,
+    wait_until_settled,
+)
+from tests.support import PYTHON, ROOT, add_user, build_tiny_llama, running_server
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed (apt-get install chromium)")
+
+PASSWORD = "browser-password"
+USERS = ("tester", "keys", "themes", "stopper", "switcher", "searcher", "renderer", "settler", "phone", "pager")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model = build_tiny_llama(tmp_path_factory.mktemp("browser-model"))
     data = tmp_path_factory.mktemp("browser-data")
-    with running_server(data, str(model), CHAT_MAX_NEW_TOKENS="400") as process:
-        add_user(data, "tester", "tester-password")
+    with running_server(data, str(model), CHAT_MAX_NEW_TOKENS="400", CHAT_RATE_LIMIT="100") as process:
+        for name in USERS:
+            add_user(data, name, PASSWORD)
         yield process
 
 
-@pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        yield context.new_page()
-        browser.close()
+@pytest.fixture(scope="module")
+def pages():
+    with browser_pages() as new_page:
+        yield new_page
 
 
-def last_reply(page) -> str:
-    bubbles = page.locator("#chat .message.bot, #chat .bot-row .message")
-    return bubbles.last.inner_text() if bubbles.count() else ""
+def off_the_page_loop(coroutine_function):
+    """Playwright's sync API keeps an event loop running in this thread: read the database from another."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine_function()).result()
 
 
-def test_a_tester_chats_reloads_reopens_and_exports(server, page):
-    browser_login(page, server.url, "tester", "tester-password")
+def stored(server, username: str, conversation_id: str):
+    async def read():
+        database = Database(server.database_url)
+        try:
+            repository = Repository(database)
+            user = await repository.get_user(username)
+            return await repository.get_conversation(user.id, conversation_id)
+        finally:
+            await database.dispose()
+
+    return off_the_page_loop(read)
+
+
+def stored_chats(server, username: str):
+    async def read():
+        database = Database(server.database_url)
+        try:
+            repository = Repository(database)
+            user = await repository.get_user(username)
+            return await repository.list_conversations(user.id, limit=500)
+        finally:
+            await database.dispose()
+
+    return off_the_page_loop(read)
+
+
+def import_chats(server, username: str, conversations: list[dict]) -> None:
+    """Chats put in through the CLI's import, as an admin restoring logs would."""
+    document = {"format": "chat-server-export", "version": 1, "exported_at": datetime.now(UTC).isoformat(),
+                "conversations": conversations}
+    path = server.data_dir / f"import-{uuid.uuid4().hex}.json"
+    path.write_text(json.dumps(document))
+    environment = {**os.environ, "CHAT_DATA_DIR": str(server.data_dir)}
+    environment.pop("CHAT_DATABASE_URL", None)
+    subprocess.run([PYTHON, "-m", "app", "import", str(path), "--user", username], cwd=ROOT, env=environment,
+                   check=True, capture_output=True)
+
+
+def chat_document(title: str, messages: list[tuple[str, str, str | None]], when: datetime | None = None) -> dict:
+    moment = (when or datetime.now(UTC)).isoformat()
+    return {
+        "id": str(uuid.uuid4()), "title": title, "model": "imported", "created_at": moment, "updated_at": moment,
+        "messages": [
+            {"role": role, "content": content, "finish_reason": finish, "created_at": moment}
+            for role, content, finish in messages
+        ],
+    }
+
+
+def plain(text: str) -> str:
+    """Letters and digits only: stored Markdown and its rendering compare equal."""
+    return "".join(char for char in text if char.isalnum())
+
+
+def send_with_enter(page, text: str) -> None:
+    box = page.locator("#message textarea")
+    box.click()
+    box.fill(text)
+    box.press("Enter")
+
+
+def set_max_new_tokens(page, value: int) -> None:
+    number = page.locator("#max-new-tokens input[type=number]")
+    number.fill(str(value))
+    number.press("Tab")
+
+
+def start_long_reply(page, text: str) -> None:
+    set_max_new_tokens(page, 400)
+    send_with_enter(page, text)
+    wait_for(lambda: len(last_reply(page)) > 20 and page.locator("#stop").is_visible(), timeout=60)
+
+
+def test_a_tester_chats_reloads_reopens_and_exports(server, pages):
+    page = pages()
+    log_in(page, server.url, "tester", PASSWORD)
     page.screenshot(path=ARTIFACTS / "1-logged-in.png")
 
-    page.locator("#message textarea").fill("Hello <script>window.__pwned = 1</script> browser")
-    page.locator("#send").click()
+    send_with_enter(page, "Hello <script>window.__pwned = 1</script> browser")
     seen: list[str] = []
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and len(seen) < 4:
         text = last_reply(page)
         if text and (not seen or seen[-1] != text):
             seen.append(text)
-        if page.locator("#chat-list label").count() and re.search(r"[?&]c=", page.url) and len(seen) > 3:
-            break
         page.wait_for_timeout(30)
-    page.wait_for_function("() => new URL(location.href).searchParams.get('c')", timeout=60_000)
-    page.screenshot(path=ARTIFACTS / "2-replied.png")
     assert len(seen) >= 3, f"the reply did not stream: {seen}"  # several growing versions were shown
-    settled, deadline = last_reply(page), time.monotonic() + 60
-    while time.monotonic() < deadline:  # the reply is complete once it stops changing
-        page.wait_for_timeout(1500)
-        if last_reply(page) == settled:
-            break
-        settled = last_reply(page)
+    settled = wait_until_settled(page)
+    page.screenshot(path=ARTIFACTS / "2-replied.png")
     assert "failed" not in settled
+    assert re.search(r"\d+ tokens · first token \d+\.\d\d s · \d+\.\d tokens/s", settled)  # the reply's figures
     assert page.evaluate("() => window.__pwned") is None
-    user_bubble = page.locator("#chat .message.user, #chat .user-row .message").first.inner_text()
+    user_bubble = page.locator(USER_BUBBLES).first.inner_text()
     assert "<script>window.__pwned = 1</script>" in user_bubble  # shown as text
-    conversation_id = re.search(r"[?&]c=([0-9a-f-]+)", page.url).group(1)
+    conversation_id = wait_for(lambda: conversation_in_address(page))
 
     page.goto(server.url)  # reload without the chat in the address
-    page.locator("#chat-list label").first.wait_for(timeout=30_000)
+    wait_until_loaded(page)
     title = page.locator("#chat-list label").first
-    assert "Hello <script>" in title.inner_text()
+    assert "Hello <script>" in title.inner_text() and re.search(r"· \d\d:\d\d", title.inner_text())
     assert page.evaluate("() => window.__pwned") is None
     title.click()
-    page.wait_for_function(
-        "(id) => new URL(location.href).searchParams.get('c') === id", arg=conversation_id, timeout=30_000
-    )
-    page.locator("#chat .message.user, #chat .user-row .message").first.wait_for(timeout=30_000)
-    assert page.locator("#chat .message.bot, #chat .bot-row .message").count() >= 1
+    wait_for(lambda: conversation_in_address(page) == conversation_id)
+    page.locator(USER_BUBBLES).first.wait_for(timeout=30_000)
+    assert page.locator(BOT_BUBBLES).count() >= 1
     page.screenshot(path=ARTIFACTS / "3-reopened.png")
 
-    page.get_by_text("Export", exact=True).click()
+    page.get_by_text("Open chat: rename, delete, export").click()
     page.locator("#export-json").click()
     link = page.locator("#export-file a").first
     link.wait_for(timeout=30_000)
     with page.expect_download() as download_info:
         link.click()
     document = json.loads(Path(download_info.value.path()).read_text())
-    page.screenshot(path=ARTIFACTS / "4-exported.png")
     conversation = document["conversations"][0]
     assert conversation["id"] == conversation_id and conversation["user"] == "tester"
     assert [m["role"] for m in conversation["messages"]] == ["user", "assistant"]
     assert conversation["messages"][0]["content"] == "Hello <script>window.__pwned = 1</script> browser"
 
-    page.goto(f"{server.url}?c={conversation_id}")  # a shared link opens the chat directly
-    page.locator("#chat .message.user, #chat .user-row .message").first.wait_for(timeout=30_000)
-    page.set_viewport_size({"width": 390, "height": 844})
-    page.screenshot(path=ARTIFACTS / "5-phone.png")
+    page.locator("#delete").click()  # the confirmation names the chat
+    wait_for(lambda: "Hello" in page.locator("#status").inner_text(), timeout=10)
+    page.locator("#confirm-delete").click()
+    wait_for(lambda: page.locator("#chat-list label").count() == 0)
+    assert conversation_in_address(page) is None and stored_chats(server, "tester") == []
+
+
+def test_enter_sends_and_shift_enter_adds_a_line(server, pages):
+    page = pages()
+    log_in(page, server.url, "keys", PASSWORD)
+    box = page.locator("#message textarea")
+    box.click()
+    box.type("first line")
+    box.press("Shift+Enter")
+    box.type("second line")
+    page.wait_for_timeout(500)
+    assert box.input_value() == "first line\nsecond line"  # a new line, nothing sent
+    assert page.locator(USER_BUBBLES).count() == 0
+    box.press("Enter")
+    page.locator(USER_BUBBLES).first.wait_for(timeout=30_000)
+    wait_for(lambda: box.input_value() == "")  # sent, and the box emptied
+    conversation_id = wait_for(lambda: conversation_in_address(page))
+    wait_until_settled(page)
+    assert stored(server, "keys", conversation_id).messages[0].content == "first line\nsecond line"
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_messages_are_readable_in_light_and_dark(server, pages, scheme):
+    page = pages(color_scheme=scheme)
+    log_in(page, server.url, "themes", PASSWORD)
+    assert page.evaluate("() => document.body.classList.contains('dark')") == (scheme == "dark")
+    send_with_enter(page, "Is this readable?")
+    wait_until_settled(page)
+    page.screenshot(path=ARTIFACTS / f"theme-{scheme}.png")
+    for selector in (USER_BUBBLES, BOT_BUBBLES):
+        measured = contrast(page, selector)
+        assert measured["ratio"] >= 4.5, (scheme, selector, measured)
+    page.locator("#theme-toggle").click()  # the toggle switches, and the text stays readable
+    assert page.evaluate("() => document.body.classList.contains('dark')") == (scheme != "dark")
+    assert contrast(page, BOT_BUBBLES)["ratio"] >= 4.5
+
+
+def test_stop_is_immediate_and_what_is_shown_is_stored(server, pages):
+    page = pages()
+    log_in(page, server.url, "stopper", PASSWORD)
+    start_long_reply(page, "a long answer please")
+    page.locator("#stop").click()
+    page.wait_for_timeout(500)
+    half_second_later = last_reply(page)
+    assert "(stopped)" in half_second_later and "interrupted" not in half_second_later
+    page.wait_for_timeout(2000)
+    assert last_reply(page) == half_second_later  # nothing new after the click
+    assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
+    conversation_id = conversation_in_address(page)
+    reply = stored(server, "stopper", conversation_id).messages[-1]
+    assert reply.finish_reason == "stopped" and 0 < reply.completion_tokens < 400
+    assert plain(reply.content) in plain(half_second_later)  # what was shown is what is stored
+    page.reload()
+    wait_until_loaded(page)
+    assert "(stopped)" in last_reply(page)
+
+    start_long_reply(page, "and again, stopped with Escape")
+    page.keyboard.press("Escape")
+    wait_for(lambda: "(stopped)" in last_reply(page), timeout=1.0)
+
+
+def test_opening_another_chat_mid_reply_shows_that_chat(server, pages):
+    page = pages()
+    log_in(page, server.url, "switcher", PASSWORD)
+    send_with_enter(page, "chat B, the quiet one")
+    wait_until_settled(page)
+    chat_b = conversation_in_address(page)
+    page.locator("#new-chat").click()
+    wait_for(lambda: conversation_in_address(page) is None)
+    start_long_reply(page, "chat A streams a long reply")
+    chat_a = wait_for(lambda: conversation_in_address(page))
+    assert chat_a != chat_b
+
+    page.locator("#chat-list label", has_text="chat B").first.click()
+    # at once (one round trip; generous here because the test machine may be loaded)
+    wait_for(lambda: "chat B, the quiet one" in page.locator(USER_BUBBLES).first.inner_text(), timeout=10)
+    assert page.locator("#chat .message.user").count() == 1  # chat B only
+    for _ in range(20):  # for two seconds, chat A's reply never shows up here
+        assert "chat A" not in page.locator("#chat").inner_text()
+        assert conversation_in_address(page) == chat_b
+        assert page.locator("#conversation-id textarea, #conversation-id input").first.input_value() == chat_b
+        page.wait_for_timeout(100)
+    assert page.locator("#send").is_visible()  # chat B has no reply running
+    send_with_enter(page, "the next message, for chat B")
+    wait_until_settled(page)
+    assert [m.content for m in stored(server, "switcher", chat_b).messages if m.role == "user"] == [
+        "chat B, the quiet one", "the next message, for chat B"]
+    assert conversation_in_address(page) == chat_b
+
+    a_messages = wait_for(lambda: (m := stored(server, "switcher", chat_a).messages)[-1].role == "assistant" and m)
+    assert a_messages[-1].finish_reason in ("length", "eos") and a_messages[-1].content  # finished in its own chat
+    page.locator("#chat-list label", has_text="chat A").first.click()
+    wait_for(lambda: "chat A streams" in page.locator("#chat").inner_text(), timeout=5)
+    assert plain(a_messages[-1].content)[:30] in plain(last_reply(page))
+
+
+def test_search_by_typing_pasting_clearing_and_no_match(server, pages):
+    import_chats(server, "searcher", [
+        chat_document("apples and pears", [("user", "fruit talk", None)]),
+        chat_document("bicycles", [("user", "the word zebracrossing is only in the text", None)]),
+        chat_document("cooking", [("user", "soup", None)]),
+    ])
+    page = pages()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    log_in(page, server.url, "searcher", PASSWORD)
+    labels = page.locator("#chat-list label")
+    wait_for(lambda: labels.count() == 3)
+    search = page.locator("#search textarea, #search input").first
+    page.evaluate("() => navigator.clipboard.writeText('zebracross')")
+    search.click()
+    page.keyboard.press("Control+V")  # pasting searches
+    wait_for(lambda: labels.count() == 1 and "bicycles" in labels.first.inner_text(), timeout=5)
+    for _ in range(len("zebracross")):  # clearing with Backspace brings every chat back
+        search.press("Backspace")
+    wait_for(lambda: labels.count() == 3, timeout=5)
+    search.type("nothing like this")
+    wait_for(lambda: "No chats match" in page.locator("#no-match").inner_text(), timeout=5)
+    assert labels.count() == 0
+    page.locator("#clear-search").click()
+    wait_for(lambda: labels.count() == 3 and search.input_value() == "", timeout=5)
+    assert "No chats match" not in page.locator("#no-match").inner_text()
+
+
+class PixelServer(BaseHTTPRequestHandler):
+    hits: ClassVar[list[str]] = []
+
+    def do_GET(self):
+        PixelServer.hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/gif")
+        self.end_headers()
+        self.wfile.write(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_code_stays_code_and_nothing_else_is_html(server, pages):
+    pixel = ThreadingHTTPServer(("127.0.0.1", 0), PixelServer)
+    threading.Thread(target=pixel.serve_forever, daemon=True).start()
+    image = f"http://127.0.0.1:{pixel.server_address[1]}/pixel.gif"
+    cut_reply = "Here is the page:\n\n```html\n<b>bold?</b> if a < b && c > d\n"  # cut inside the fence
+    import_chats(server, "renderer", [chat_document("rendering", [
+        ("user", "show me \\`<form><input id=evil-input><img src=x>`", None),
+        ("assistant", cut_reply, "length"),
+        ("user", f"and an image ![pixel]({image}) please", None),
+        ("assistant", f"![leak]({image}?data=secret) and <img src='{image}?raw'>", "eos"),
+    ])])
+    try:
+        page = pages()
+        log_in(page, server.url, "renderer", PASSWORD)
+        page.locator("#chat-list label", has_text="rendering").first.click()
+        page.locator(USER_BUBBLES).nth(1).wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=ARTIFACTS / "rendering.png")
+        assert page.locator("#evil-input").count() == 0 and page.locator("#chat form").count() == 0
+        assert "<form><input id=evil-input>" in page.locator(USER_BUBBLES).first.inner_text()
+        code = page.locator("#chat .message.bot pre code").first
+        assert code.inner_text().strip() == "<b>bold?</b> if a < b && c > d"  # literal, escaped once
+        cut_bubble = page.locator(BOT_BUBBLES).first
+        note = cut_bubble.get_by_text("cut at the max new tokens limit")
+        assert note.count() == 1 and note.evaluate("(n) => !n.closest('pre')")  # the note is outside the code
+        assert page.locator("#chat img[src*='pixel']").count() == 0
+        assert PixelServer.hits == []  # no image was fetched from the other host
+    finally:
+        pixel.shutdown()
+
+
+def test_settings_are_kept_with_the_chat(server, pages):
+    page = pages()
+    log_in(page, server.url, "settler", PASSWORD)
+    page.locator("#settings-sidebar .toggle-button").click()
+    page.locator("#system-prompt textarea").fill("You answer in one word.")
+    temperature = page.locator("#temperature input[type=number]")
+    temperature.fill("0.25")
+    temperature.press("Tab")
+    set_max_new_tokens(page, 12)
+    send_with_enter(page, "settings test")
+    wait_until_settled(page)
+    conversation_id = conversation_in_address(page)
+    first = stored(server, "settler", conversation_id).messages
+    assert first[0].role == "system" and first[1].params["temperature"] == 0.25
+
+    page.locator("#new-chat").click()  # a new chat starts with the last settings
+    wait_for(lambda: conversation_in_address(page) is None)
+    assert page.locator("#temperature input[type=number]").input_value() == "0.25"
+    temperature.fill("1.5")
+    temperature.press("Tab")
+    page.goto(f"{server.url}?c={conversation_id}")  # reopened: the chat's own settings
+    wait_until_loaded(page)
+    wait_for(lambda: page.locator("#temperature input[type=number]").input_value() == "0.25", timeout=5)
+    assert page.locator("#max-new-tokens input[type=number]").input_value() == "12"
+    assert page.locator("#system-prompt textarea").input_value() == "You answer in one word."
+
+
+def test_phone_layout(server, pages):
+    import_chats(server, "phone", [
+        chat_document("same title", [("user", "first of two", None)], datetime(2026, 1, 5, 9, 30, tzinfo=UTC)),
+        chat_document("same title", [("user", "second of two", None)]),
+    ])
+    page = pages(viewport=PHONE)
+    log_in(page, server.url, "phone", PASSWORD)
+    sidebar = page.locator("#chats-sidebar")
+    wait_for(lambda: "open" not in (sidebar.get_attribute("class") or ""), timeout=10)  # closed on load
+    page.wait_for_timeout(500)
+    page.screenshot(path=ARTIFACTS / "phone-chat.png")
+    box = page.locator("#message textarea").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    sidebar.locator(".toggle-button").click()
+    labels = page.locator("#chat-list label")
+    wait_for(lambda: labels.count() == 2)
+    page.wait_for_timeout(500)
+    page.screenshot(path=ARTIFACTS / "phone-list.png")
+    first, second = labels.nth(0).inner_text(), labels.nth(1).inner_text()
+    assert first != second and "same title" in first and "5 Jan" in second  # same titles, told apart
+    labels.nth(1).click()
+    wait_for(lambda: "open" not in (sidebar.get_attribute("class") or ""), timeout=5)  # closed after a pick
+    page.locator(USER_BUBBLES).first.wait_for(timeout=10_000)
+    assert "first of two" in page.locator(USER_BUBBLES).first.inner_text()
+    page.wait_for_timeout(500)  # the sidebar's closing animation
+    page.screenshot(path=ARTIFACTS / "phone-picked.png")
 
 
 PROBE_PAGE = """<!doctype html><html><body><iframe id="framed" src="{target}"></iframe><script>
@@ -157,11 +466,12 @@ def other_origin_site(server):
         site.server_close()
 
 
-def test_a_page_on_another_origin_reads_nothing_of_a_logged_in_user(server, page, other_origin_site):
+def test_a_page_on_another_origin_reads_nothing_of_a_logged_in_user(server, pages, other_origin_site):
+    page = pages()
     refused_by_policy: list[str] = []
     page.on("console", lambda message: refused_by_policy.append(message.text)
             if "Content Security Policy" in message.text else None)
-    browser_login(page, server.url, "tester", "tester-password")
+    log_in(page, server.url, "tester", PASSWORD)
     assert page.evaluate("() => document.cookie") == ""  # the login cookie is HttpOnly: no script reads it
     assert refused_by_policy == []  # our own page works under its policy
 
@@ -178,3 +488,25 @@ def test_a_page_on_another_origin_reads_nothing_of_a_logged_in_user(server, page
     page.wait_for_url("**/login", timeout=30_000)
     page.goto(server.url)
     assert "/login" in page.url and page.get_by_label("Username").is_visible()
+
+
+def test_the_chat_list_reaches_every_chat(server, pages):
+    start = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    import_chats(server, "pager", [
+        chat_document(f"old chat {number:03d}", [("user", f"message {number}", None)],
+                      start.replace(day=1 + number % 28, month=1 + number // 28))
+        for number in range(120)
+    ])
+    page = pages()
+    log_in(page, server.url, "pager", PASSWORD)
+    labels, more = page.locator("#chat-list label"), page.locator("#more-chats")
+    wait_for(lambda: labels.count() == 50)
+    more.click()
+    wait_for(lambda: labels.count() == 100)
+    more.click()
+    wait_for(lambda: labels.count() == 120)
+    wait_for(lambda: not more.is_visible(), timeout=5)
+    oldest = labels.last
+    assert "old chat 000" in oldest.inner_text() and "2025" in oldest.inner_text()
+    oldest.click()
+    wait_for(lambda: "message 0" in page.locator(USER_BUBBLES).first.inner_text(), timeout=10)

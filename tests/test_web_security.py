@@ -55,7 +55,7 @@ def from_address(address: str) -> httpx.Client:
 
 
 def chat_titles(client: Client) -> list[str]:
-    return [label for label, _ in client.predict(api_name="/load")[1]["choices"]]
+    return [label.rsplit(" · ", 1)[0] for label, _ in client.predict(api_name="/load")[1]["choices"]]  # "title · when"
 
 
 def test_set_password_and_remove_end_that_users_logins(server):
