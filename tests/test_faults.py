@@ -82,6 +82,11 @@ def start_long_replies(clients: dict[str, Client], chats: dict[str, str]) -> dic
     return jobs
 
 
+def without_figures(text: str) -> str:
+    """A reply bubble without its figures line (tokens, timings), which the page adds under stored replies."""
+    return text.split('\n\n<small class="reply-stats">')[0]
+
+
 def streaming(job: Any) -> bool:
     outputs = job.outputs()
     return bool(outputs) and len(bubble_texts(outputs[-1][0])[-1][1]) > 3
@@ -116,7 +121,8 @@ def try_send(client: Client, text: str, chat: str) -> tuple[str, str]:
 
 def try_open(client: Client, chat: str) -> tuple[list, str]:
     try:
-        chatbot, _, status = client.predict(chat, api_name="/open")
+        outputs = client.predict(chat, api_name="/open")
+        chatbot, status = outputs[0], outputs[2]
     except Exception as error:
         return [], str(error)
     return chatbot, status
@@ -126,14 +132,14 @@ def check_seen_replies_stored_once(findings: Findings, server: ServerProcess, fi
                                    chats: dict[str, str]) -> None:
     """Each final reply a tester saw is the stored one, once, with the text seen."""
     for name, final in finals.items():
-        seen = bubble_texts(final[0])[-1][1].removesuffix(f"\n\n*{PENDING_NOTE}*")
+        seen = without_figures(bubble_texts(final[0])[-1][1]).removesuffix(f"\n\n*{PENDING_NOTE}*")
         messages = stored(server, name, chats[name]).messages
         roles = [m.role for m in messages]
         findings.check(roles == ["user", "assistant", "user", "assistant"], "1. a seen reply is not stored once",
                        f"{name}: {roles}")
         if roles[-1:] == ["assistant"]:
             # the Chatbot trims the edges of what it shows
-            findings.check(message_bubble(messages[-1])["content"].strip() == seen.strip(),
+            findings.check(without_figures(message_bubble(messages[-1])["content"]).strip() == seen.strip(),
                            "1. the stored reply is not the one seen", name)
             findings.check(messages[-1].finish_reason == "length" and messages[-1].completion_tokens == REPLY_TOKENS,
                            "1. the stored reply is not complete", f"{name}: {messages[-1].finish_reason}")
@@ -372,10 +378,10 @@ def test_ctrl_c_lets_replies_finish_then_stores_the_rest_as_stopped_by_the_serve
             finals = dict(zip(names, pool.map(lambda job: job.outputs()[-1], jobs.values()), strict=True))
     finally:
         server.kill()
-    assert took < 15, took
+    assert took < 30, took  # the engine's 5 s grace, then storing; not uvicorn's cut-off
     print(f"\nCtrl-C with 3 replies streaming: the server exited after {took:.1f} s")
     for name in ("ida", "jon"):
-        assert bubble_texts(finals[name][0])[-1][1].endswith("*(stopped by the server)*")
+        assert without_figures(bubble_texts(finals[name][0])[-1][1]).endswith("*(stopped by the server)*")
     server = ServerProcess(tmp_path, tiny_model, env).start()
     try:
         replies = {name: stored(server, name, chats[name]).messages[-1] for name in names}
@@ -384,7 +390,7 @@ def test_ctrl_c_lets_replies_finish_then_stores_the_rest_as_stopped_by_the_serve
             assert replies[name].finish_reason == "shutdown"
             assert 0 < replies[name].completion_tokens < 1800
         client = Client(server.url, auth=("ida", PASSWORD), verbose=False)
-        reopened = bubble_texts(client.predict(chats["ida"], api_name="/open")[0])[-1][1]
+        reopened = without_figures(bubble_texts(client.predict(chats["ida"], api_name="/open")[0])[-1][1])
         assert reopened.endswith("*(stopped by the server)*")
     finally:
         server.stop()
