@@ -88,10 +88,10 @@ class LlamaServer:
     def complete(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         """Greedy ids for a prompt, asked directly (not streamed), to compare with what the app stored.
 
-        The sampling fields are the chat page's defaults (repetition penalty 1.1 over the whole context).
+        The sampling fields are the chat page's defaults (repetition penalty 1.1 over prompt and reply).
         """
         body = {"prompt": prompt_ids, "n_predict": max_new_tokens, "temperature": 0.0, "return_tokens": True,
-                "repeat_penalty": 1.1, "repeat_last_n": -1, "top_k": 50, "top_p": 0.9}
+                "repeat_penalty": 1.1, "repeat_last_n": len(prompt_ids) + max_new_tokens, "top_k": 50, "top_p": 0.9}
         response = httpx.post(self.url + "/completion", json=body, timeout=120)
         response.raise_for_status()
         return response.json()["tokens"]

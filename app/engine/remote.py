@@ -300,7 +300,7 @@ class RemoteEngine:
             await request.turn.wait()
             reason, error = await self._generate(request)
         except asyncio.CancelledError:
-            reason = "cancelled"
+            reason = request.finish_reason or "cancelled"  # done already, only its last chunk was pending
         except Exception as failure:  # a fault fails this request, never the engine
             log.exception("remote generation failed")
             error = f"generation failed: {failure}"
@@ -337,10 +337,10 @@ class RemoteEngine:
                     event = json.loads(data)
                     if "error" in event:
                         return "error", f"the inference server reported: {_error_text(event)}"
-                    chunk = self.protocol.parse(event)
-                    self._accept_chunk(request, chunk)
-                    if request.finish_reason is not None:
-                        return request.finish_reason, None  # leaving closes the stream: the server stops
+                    self._accept_chunk(request, self.protocol.parse(event))
+                    if request.finish_reason == "stop":
+                        return "stop", None  # our stop string: leaving closes the stream, the server stops
+                    # after an EOS or the length limit the server ends too; its last chunk has the figures
         except httpx.ConnectError as failure:
             return self._lost(request, f"cannot reach the inference server at {self.url} ({_describe(failure)})")
         except httpx.TimeoutException as failure:
@@ -369,6 +369,8 @@ class RemoteEngine:
             request.prompt_tokens = chunk.prompt_tokens
         if chunk.cached_tokens is not None:
             request.cached_tokens = int(chunk.cached_tokens)
+        if request.finish_reason is not None:
+            return
         ids = chunk.token_ids
         if chunk.tokens_so_far is not None and chunk.tokens_so_far > len(request.generated) + len(ids):
             ids = self._recover_skipped(request, chunk)

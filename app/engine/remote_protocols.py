@@ -56,7 +56,8 @@ class LlamaCppProtocol:
             "top_p": params.top_p,
             "top_k": params.top_k,
             "repeat_penalty": params.repetition_penalty,
-            "repeat_last_n": -1,  # like our engine: every earlier token counts, not the last 64
+            # like our engine: every earlier token counts, not the last 64 (-1 for "all" is refused)
+            "repeat_last_n": len(prompt_ids) + params.max_new_tokens,
             "cache_prompt": True,
             "n_keep": 0,
         }
