@@ -24,7 +24,7 @@ from tests.llama_support import LlamaServer, llama_server_binary
 from tests.support import MODEL_CACHE, PYTHON, ROOT, add_user, build_tiny_dialogpt, free_port, running_server
 from tests.test_server import bubble_texts, client_for, send, stored
 
-COUNTING = "Count from 1 to 300 in digits, separated by commas, and nothing else: 1, 2, 3,"
+LONG_REPLY = "Write a long story about a dragon who learns to cook."  # greedy: 400 tokens, no EOS
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_eight_users_get_greedy_replies_whose_stored_ids_are_what_the_server_gen
 
 def test_stop_closes_the_http_stream_and_the_server_frees_the_slot(app_server, llama):
     client = client_for(app_server, "user0")
-    job = client.submit(COUNTING, "", "", 0.0, 0.9, 400, "", api_name="/send")
+    job = client.submit(LONG_REPLY, "", "", 0.0, 0.9, 400, "", api_name="/send")
     conversation_id = None
     for update in job:
         conversation_id = update[2] or conversation_id
@@ -163,7 +163,7 @@ async def test_a_dead_server_at_submit_is_engine_stopped_not_a_hang(tokenizer_on
 
 def test_server_killed_mid_reply_stores_an_error_reply_that_retry_completes(app_server, llama):
     client = client_for(app_server, "user1")
-    job = client.submit(COUNTING, "", "", 0.0, 0.9, 400, "", api_name="/send")
+    job = client.submit(LONG_REPLY, "", "", 0.0, 0.9, 400, "", api_name="/send")
     conversation_id = None
     for update in job:
         conversation_id = update[2] or conversation_id
