@@ -47,11 +47,16 @@ def messages_of(conversation_id: str) -> list:
     return asyncio.run(read())
 
 
-def test_two_replicas_share_logins_and_chats_across_restarts(tmp_path):
+def test_two_replicas_share_logins_chats_and_signups_across_restarts(tmp_path):
+    """Log in on replica 1, continue the chat on replica 2, restart both: still logged in, nothing lost.
+
+    A password change ends the old logins on both replicas; a sign-up on one is an account on both.
+    (The slow-down after failed logins is per replica, as the README says.)
+    """
     asyncio.run(reset_postgres(str(POSTGRES_URL)))
     llama = LlamaServer(llama_server_binary(), tmp_path, parallel=4, context=4096).start()
     env = {"CHAT_DATABASE_URL": str(POSTGRES_URL), "CHAT_ENGINE_URL": llama.url,
-           "CHAT_ADMIN_PASSWORD": "admin-password"}
+           "CHAT_ADMIN_PASSWORD": "admin-password", "CHAT_SIGNUP": "open"}
     replicas = []
     for name in ("replica1", "replica2"):
         (tmp_path / name).mkdir()
@@ -88,6 +93,12 @@ def test_two_replicas_share_logins_and_chats_across_restarts(tmp_path):
         cli("users", "set-password", "tess", "--password-stdin", password="another-password-456")
         assert not logged_in(one, cookies) and not logged_in(two, cookies)  # old logins end everywhere
         assert logged_in(two, dict(login_cookies(two.url, "tess", "another-password-456")))
+
+        form = {"username": "newcomer", "password": "newcomer-password"}
+        assert httpx.post(two.url + "signup", data=form).status_code == 303  # signed up on replica 2
+        again = httpx.post(one.url + "signup", data=form)  # the name is taken on replica 1 too
+        assert again.status_code == 400 and "already exists" in again.text
+        assert logged_in(one, dict(login_cookies(one.url, "newcomer", "newcomer-password")))
     finally:
         for replica in replicas:
             replica.stop()
