@@ -20,8 +20,9 @@ import pytest
 from app.engine import EngineBusy, InvalidPrompt, PromptTooLong, SamplingParams
 from app.engine.remote import RemoteEngine
 from app.engine.remote_model import load_tokenizer_only
+from tests.engine_support import build_tiny_gpt2
 from tests.llama_support import LlamaServer, llama_server_binary
-from tests.support import MODEL_CACHE, PYTHON, ROOT, add_user, build_tiny_dialogpt, free_port, running_server
+from tests.support import MODEL_CACHE, PYTHON, ROOT, add_user, free_port, running_server
 from tests.test_server import bubble_texts, client_for, send, stored
 
 LONG_REPLY = "Write a long story about a dragon who learns to cook."  # greedy: 400 tokens, no EOS
@@ -142,7 +143,7 @@ def test_server_down_or_another_model_at_start_is_refused_with_one_clear_line(tm
     assert f"the inference server at {down} is not ready" in refused.stderr
     assert "Traceback" not in refused.stderr
 
-    other = build_tiny_dialogpt(tmp_path / "dialogpt")  # a tokenizer unlike SmolLM2's
+    other = build_tiny_gpt2(tmp_path / "gpt2")  # a tokenizer unlike SmolLM2's
     mismatch = run_app_expecting_refusal(tmp_path / "other", str(other), llama.url)
     assert mismatch.returncode == 2
     assert "tokenizer differs from ours" in mismatch.stderr and "Traceback" not in mismatch.stderr
