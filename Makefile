@@ -8,7 +8,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test lint bench browser clean-venv
+.PHONY: run test lint bench browser llama-server clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing: browser tests will be skipped (apt-get install chromium)"; fi; }
 
-test: $(STAMP) browser
+# The remote-engine tests run against a real llama.cpp server, built once per machine
+# (~10 min on two cores) into ~/.cache/team-chat/llama-server; quick when already built.
+llama-server: $(STAMP)
+	@PYTHON=$(PY) nice -n 10 scripts/build_llama_server.sh || \
+	  echo "llama-server could not be built: the remote-engine tests will say why they skip"
+
+test: $(STAMP) browser llama-server
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

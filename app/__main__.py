@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 7860)")
     serve.add_argument("--model", help="'smollm2' (default), a model folder, or a cached hub id")
+    serve.add_argument("--engine-url", help="generate on this inference server (overrides CHAT_ENGINE_URL)")
+    serve.add_argument("--engine-protocol", choices=["llamacpp", "openai"],
+                       help="its wire format (overrides CHAT_ENGINE_PROTOCOL)")
 
     commands.add_parser("migrate", help="upgrade the database schema to the newest version")
 
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host or settings.host,
             port=args.port or settings.port,
             model=args.model or settings.model,
+            engine_url=args.engine_url or settings.engine_url,
+            engine_protocol=args.engine_protocol or settings.engine_protocol,
         )
         from app.server import serve
 

@@ -57,6 +57,11 @@ class Settings:
     prefill_chunk: int = 64
     kv_reserve_tokens: int = 4096
     allowed_origins: tuple[str, ...] = ()
+    engine_url: str = ""  # empty: the in-process engine; else an inference server (see README, Scaling out)
+    engine_protocol: str = "llamacpp"
+    engine_model: str = ""  # the model name sent with the OpenAI protocol; default: what the server lists
+    engine_wait_seconds: float = 30.0
+    engine_timeout: float = 120.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -67,6 +72,9 @@ class Settings:
         signup = (env.get("CHAT_SIGNUP") or "closed").strip().lower()
         if signup not in {"open", "closed"}:
             raise SystemExit(f"CHAT_SIGNUP must be 'open' or 'closed', not {signup!r}")
+        protocol = (env.get("CHAT_ENGINE_PROTOCOL") or "llamacpp").strip().lower()
+        if protocol not in {"llamacpp", "openai"}:
+            raise SystemExit(f"CHAT_ENGINE_PROTOCOL must be 'llamacpp' or 'openai', not {protocol!r}")
         return cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -87,6 +95,11 @@ class Settings:
             prefill_chunk=_int(env, "CHAT_PREFILL_CHUNK", 64),
             kv_reserve_tokens=_int(env, "CHAT_KV_RESERVE_TOKENS", 4096),
             allowed_origins=tuple(o.strip() for o in (env.get("CHAT_ALLOWED_ORIGINS") or "").split(",") if o.strip()),
+            engine_url=(env.get("CHAT_ENGINE_URL") or "").strip(),
+            engine_protocol=protocol,
+            engine_model=(env.get("CHAT_ENGINE_MODEL") or "").strip(),
+            engine_wait_seconds=_float(env, "CHAT_ENGINE_WAIT_SECONDS", 30.0),
+            engine_timeout=_float(env, "CHAT_ENGINE_TIMEOUT", 120.0),
         )
 
 

@@ -19,6 +19,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import gradio as gr
 import uvicorn
@@ -31,6 +32,8 @@ from app.chat import ChatService
 from app.config import Settings
 from app.engine import Engine, LoadedModel, ModelLoadError, PromptFormat, load_model
 from app.engine.fast_linear import pack_linear_layers
+from app.engine.remote import RemoteEngine, RemoteEngineError, probe_server
+from app.engine.remote_model import load_tokenizer_only
 from app.login_guard import LoginGuard
 from app.migrate import upgrade_async
 from app.page_assets import CSS, PAGE_JS
@@ -99,14 +102,7 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
                 log.warning("%d replies from the last run wait for the database", journal.backlog)
         replayer = asyncio.create_task(journal.keep_replaying(repository), name="journal-replay")
         await ensure_first_admin(repository)
-        engine = Engine(
-            loaded,
-            max_batch_size=settings.max_batch_size,
-            max_queue=settings.max_queue,
-            prefill_chunk=settings.prefill_chunk,
-            prefix_cache_mb=settings.kv_cache_mb,
-            kv_reserve_tokens=settings.kv_reserve_tokens,
-        )
+        engine = build_engine(settings, loaded)
         engine.start()
         await engine.wait_ready()
         sessions = SessionManager(repository)
@@ -143,7 +139,7 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
     async def drain() -> None:
         """Finish or stop every running reply and let its handler store it; safe to call twice."""
         engine = resources.get("engine")
-        if not isinstance(engine, Engine) or resources.get("drained"):
+        if not isinstance(engine, Engine | RemoteEngine) or resources.get("drained"):
             return
         resources["drained"] = True
         print("Shutting down: finishing running replies...", flush=True)
@@ -177,7 +173,19 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
         if isinstance(journal, Journal):
             report["journal"] = {"waiting": journal.backlog}
             healthy = healthy and journal.backlog == 0
-        if isinstance(engine, Engine):
+        if isinstance(engine, RemoteEngine):
+            stats = engine.stats()
+            remote = await engine.health()
+            report["engine"] = {
+                **remote,
+                "running": stats.running,
+                "waiting": stats.waiting,
+                "max_concurrency": stats.max_batch_size,
+                "max_queue": stats.max_queue,
+                "generated_tokens": stats.generated_tokens,
+            }
+            healthy = healthy and remote["status"] == "ok"
+        elif isinstance(engine, Engine):
             stats = engine.stats()
             report["engine"] = {
                 "alive": stats.alive,
@@ -283,16 +291,57 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def build_engine(settings: Settings, loaded: LoadedModel) -> Engine | RemoteEngine:
+    """The in-process engine, or the client of an inference server when ``engine_url`` is set."""
+    if settings.engine_url:
+        return RemoteEngine(
+            loaded,
+            settings.engine_url,
+            settings.engine_protocol,
+            max_concurrency=settings.max_batch_size,
+            max_queue=settings.max_queue,
+            served_model=settings.engine_model or None,
+            read_timeout=settings.engine_timeout,
+        )
+    return Engine(
+        loaded,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue,
+        prefill_chunk=settings.prefill_chunk,
+        prefix_cache_mb=settings.kv_cache_mb,
+        kv_reserve_tokens=settings.kv_reserve_tokens,
+    )
+
+
+def load_for_remote(settings: Settings) -> tuple[LoadedModel, Settings]:
+    """Tokenizer only, checked against the inference server, whose context limit then applies.
+
+    Returns the settings with ``engine_model`` filled in: the model name the
+    OpenAI protocol must send, as the server reported it.
+    """
+    loaded = load_tokenizer_only(settings.model, settings.cache_dir)
+    info = probe_server(settings.engine_url, settings.engine_protocol, loaded.tokenizer, settings.engine_wait_seconds)
+    if info.context_length is not None:
+        loaded = replace(loaded, context_length=min(loaded.context_length, info.context_length))
+    if settings.engine_protocol == "openai" and info.model and not settings.engine_model:
+        settings = replace(settings, engine_model=info.model)
+    log.info("generating on %s (%s, %s)", settings.engine_url, settings.engine_protocol, info.model)
+    return loaded, settings
+
+
 def serve(settings: Settings) -> int:
-    """``python -m app serve``: load the model, then run uvicorn until Ctrl-C."""
+    """``python -m app serve``: load the model (or check the inference server), then run uvicorn until Ctrl-C."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.getLogger().setLevel(logging.INFO)
     try:
-        loaded = load_model(settings.model, settings.cache_dir, settings.threads)
-    except ModelLoadError as error:
+        if settings.engine_url:
+            loaded, settings = load_for_remote(settings)
+        else:
+            loaded = load_model(settings.model, settings.cache_dir, settings.threads)
+    except (ModelLoadError, RemoteEngineError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if settings.fast_kernels:
+    if settings.fast_kernels and loaded.model is not None:
         packed = pack_linear_layers(loaded.model)
         log.info("%d linear layers on prepacked oneDNN kernels", packed)
     app = create_app(settings, loaded)

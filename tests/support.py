@@ -110,7 +110,8 @@ class ServerProcess:
         self.port = free_port()
         self.log_path = self.data_dir / f"server-{self.port}.log"
         environment = {**os.environ}
-        environment.pop("CHAT_DATABASE_URL", None)  # only the test's own choice counts
+        for name in ("CHAT_DATABASE_URL", "CHAT_ENGINE_URL"):  # only the test's own choice counts
+            environment.pop(name, None)
         environment.update({
             "CHAT_DATA_DIR": str(self.data_dir),
             "CHAT_CACHE_DIR": str(MODEL_CACHE),
