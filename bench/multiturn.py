@@ -142,10 +142,11 @@ async def stall(loaded: LoadedModel, form: PromptFormat, chunk: int, rng: random
 
     try:
         prompts = [Chat(form).prompt(prose(rng, 25), 400) for _ in range(8)]
+        # tokenized before the streams start: tokenizing on this loop would pause our own clock
+        long_prompt = Chat(form).prompt(prose(rng, 2350), 16)
         tasks = [asyncio.create_task(stream_one(i, p)) for i, p in enumerate(prompts)]
         while min(len(a) for a in arrivals) < 20:  # noqa: ASYNC110 (polling a plain list is the point)
             await asyncio.sleep(0.01)
-        long_prompt = Chat(form).prompt(prose(rng, 2350), 16)
         submitted = time.perf_counter()
         long_stream = await engine.submit(long_prompt, greedy(4))
         long_result = await long_stream.final()
@@ -158,7 +159,9 @@ async def stall(loaded: LoadedModel, form: PromptFormat, chunk: int, rng: random
     before = [b - a for times in arrivals for a, b in itertools.pairwise(times) if b < submitted]
     during = [b - a for times in arrivals for a, b in itertools.pairwise(times)
               if b > submitted and a < admitted]
-    return statistics.median(before), max(during), admitted - submitted, len(long_prompt)
+    # after the join every row attends over the long prompt's keys: slower steps, not a pause
+    after = [b - a for times in arrivals for a, b in itertools.pairwise(times) if a > admitted]
+    return statistics.median(before), max(during), admitted - submitted, len(long_prompt), statistics.median(after)
 
 
 # ---------------------------------------------------------------- (3) static batch
@@ -230,11 +233,12 @@ def main() -> None:
 
     if "stall" in parts:
         for chunk in [int(c) for c in args.chunks.split(",")]:
-            median, worst, admit, length = asyncio.run(stall(loaded, form, chunk, rng))
+            median, worst, admit, length, after = asyncio.run(stall(loaded, form, chunk, rng))
             mark = "  <- default" if chunk == PREFILL_CHUNK else ""
             print(f"(2) chunk {chunk:4d}: 8 streams, median gap {median * 1000:5.0f} ms; while a {length}-token "
                   f"prompt is admitted ({admit:.1f} s) the longest gap is {worst * 1000:5.0f} ms = "
-                  f"{worst / median:.2f}x the median (goal <= 3x){mark}")
+                  f"{worst / median:.2f}x the median (goal <= 3x); median gap once it runs with them "
+                  f"{after * 1000:.0f} ms{mark}")
 
     if "static" in parts:
         prompts = make_prompts(loaded, 16, seed=args.seed)
