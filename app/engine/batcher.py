@@ -38,6 +38,7 @@ from app.engine.loading import LoadedModel
 from app.engine.params import SamplingParams
 from app.engine.prefix_cache import PrefixCache, PrefixCacheStats
 from app.engine.sampling import RowSampler
+from app.engine.streams import GenerationResult, GenerationStream
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +74,6 @@ class PromptTooLong(ValueError):
 
 class InvalidPrompt(ValueError):
     """The prompt ids are empty or not ids of this model's vocabulary."""
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """What a finished request produced, for storage and display."""
-
-    token_ids: list[int]
-    text: str
-    finish_reason: str  # eos | stop | length | cancelled | error
-    prompt_tokens: int
-    completion_tokens: int
-    time_to_first_token: float | None
-    total_time: float
-    error: str | None = None
-    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 @dataclass(frozen=True)
@@ -130,57 +116,6 @@ class _Request:
         # RuntimeError: the consumer's loop is gone, so nobody is listening
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-
-
-class GenerationStream:
-    """Async iterator of text deltas; ``result`` holds the final outcome afterwards.
-
-    Stopping early (``cancel()``, ``aclose()`` or leaving an ``async for`` through
-    an exception) cancels the request inside the batch at the next step.
-    """
-
-    def __init__(self, engine: Engine, request: _Request) -> None:
-        self._engine = engine
-        self._request = request
-        self.result: GenerationResult | None = None
-
-    def __aiter__(self) -> GenerationStream:
-        return self
-
-    async def __anext__(self) -> str:
-        if self.result is not None:
-            raise StopAsyncIteration
-        try:
-            item = await self._request.events.get()
-        except BaseException:
-            self.cancel()
-            raise
-        if isinstance(item, GenerationResult):
-            self.result = item
-            raise StopAsyncIteration
-        return item
-
-    async def final(self) -> GenerationResult:
-        """Drain the remaining deltas and return the result."""
-        async for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
-
-    def cancel(self) -> None:
-        self._engine._cancel(self._request)
-
-    async def aclose(self) -> None:
-        self.cancel()
-
-    @property
-    def queue_position(self) -> int | None:
-        """Requests ahead of this one in the waiting queue; None once it runs."""
-        return self._engine._position_of(self._request)
-
-    @property
-    def started(self) -> bool:
-        return self._request.first_token_at is not None
 
 
 class Engine:
@@ -275,7 +210,7 @@ class Engine:
             )
         return prompt
 
-    def _cancel(self, request: _Request) -> None:
+    def cancel_request(self, request: _Request) -> None:
         with self._lock:
             if request.done:
                 return
@@ -284,7 +219,7 @@ class Engine:
                 self._waiting.remove(request)
                 self._finish(request, "cancelled")
 
-    def _position_of(self, request: _Request) -> int | None:
+    def queue_position_of(self, request: _Request) -> int | None:
         with self._lock:
             try:
                 return self._waiting.index(request)

@@ -33,7 +33,6 @@ from app.engine.batcher import (
     EngineBusy,
     EngineStats,
     EngineStopped,
-    GenerationResult,
     InvalidPrompt,
     PromptTooLong,
 )
@@ -42,6 +41,7 @@ from app.engine.loading import LoadedModel
 from app.engine.params import SamplingParams
 from app.engine.prefix_cache import PrefixCacheStats
 from app.engine.remote_protocols import Chunk, WireProtocol, protocol_named
+from app.engine.streams import GenerationResult, GenerationStream
 
 log = logging.getLogger(__name__)
 
@@ -84,53 +84,6 @@ class _Request:
     prompt_tokens: int | None = None
     cached_tokens: int = 0
     done: bool = False
-
-
-class RemoteStream:
-    """Async iterator of text deltas; ``result`` holds the outcome afterwards (as ``GenerationStream``)."""
-
-    def __init__(self, engine: RemoteEngine, request: _Request) -> None:
-        self._engine = engine
-        self._request = request
-        self.result: GenerationResult | None = None
-
-    def __aiter__(self) -> RemoteStream:
-        return self
-
-    async def __anext__(self) -> str:
-        if self.result is not None:
-            raise StopAsyncIteration
-        try:
-            item = await self._request.events.get()
-        except BaseException:
-            self.cancel()
-            raise
-        if isinstance(item, GenerationResult):
-            self.result = item
-            raise StopAsyncIteration
-        return item
-
-    async def final(self) -> GenerationResult:
-        async for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
-
-    def cancel(self) -> None:
-        task = self._request.task
-        if task is not None and not task.done():
-            task.cancel()  # leaves the ``async with`` of the HTTP stream: the connection closes
-
-    async def aclose(self) -> None:
-        self.cancel()
-
-    @property
-    def queue_position(self) -> int | None:
-        return self._engine._position_of(self._request)
-
-    @property
-    def started(self) -> bool:
-        return self._request.first_token_at is not None
 
 
 class RemoteEngine:
@@ -236,7 +189,7 @@ class RemoteEngine:
 
     # ------------------------------------------------------------ requests
 
-    async def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> RemoteStream:
+    async def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> GenerationStream:
         """Send (or queue) a generation; raises at once if it can never run or the server is busy."""
         if not isinstance(params, SamplingParams):
             raise TypeError("params must be a SamplingParams")
@@ -267,7 +220,7 @@ class RemoteEngine:
                 raise
             if request.refusal is not None:
                 raise request.refusal
-        return RemoteStream(self, request)
+        return GenerationStream(self, request)
 
     def _check_prompt(self, prompt_ids: Sequence[int], params: SamplingParams) -> list[int]:
         prompt = list(prompt_ids)
@@ -282,7 +235,12 @@ class RemoteEngine:
             )
         return prompt
 
-    def _position_of(self, request: _Request) -> int | None:
+    def cancel_request(self, request: _Request) -> None:
+        task = request.task
+        if task is not None and not task.done():
+            task.cancel()  # leaves the ``async with`` of the HTTP stream: the connection closes
+
+    def queue_position_of(self, request: _Request) -> int | None:
         try:
             return self._waiting.index(request)
         except ValueError:
