@@ -76,6 +76,27 @@ class InvalidPrompt(ValueError):
     """The prompt ids are empty or not ids of this model's vocabulary."""
 
 
+def checked_prompt(
+    prompt_ids: Sequence[int], params: SamplingParams, vocab_size: int, context_length: int
+) -> list[int]:
+    """The prompt as a list, refused before it can reach a model it does not fit.
+
+    Every engine applies the same rule so that a tester gets the same sentence
+    whether the reply would come from this process or from an inference server.
+    """
+    prompt = list(prompt_ids)
+    if not prompt:
+        raise InvalidPrompt("the prompt is empty")
+    if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size for t in prompt):
+        raise InvalidPrompt(f"prompt holds ids outside this model's vocabulary (0..{vocab_size - 1})")
+    if len(prompt) + params.max_new_tokens > context_length:
+        raise PromptTooLong(
+            f"{len(prompt)} prompt tokens + {params.max_new_tokens} new tokens exceed the "
+            f"model's context of {context_length} tokens"
+        )
+    return prompt
+
+
 @dataclass(frozen=True)
 class EngineStats:
     running: int  # admitted: prefilling or decoding
@@ -198,17 +219,7 @@ class Engine:
         return GenerationStream(self, request)
 
     def _check_prompt(self, prompt_ids: Sequence[int], params: SamplingParams) -> list[int]:
-        prompt = list(prompt_ids)
-        if not prompt:
-            raise InvalidPrompt("the prompt is empty")
-        if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size for t in prompt):
-            raise InvalidPrompt(f"prompt holds ids outside this model's vocabulary (0..{self.vocab_size - 1})")
-        if len(prompt) + params.max_new_tokens > self.context_length:
-            raise PromptTooLong(
-                f"{len(prompt)} prompt tokens + {params.max_new_tokens} new tokens exceed the "
-                f"model's context of {self.context_length} tokens"
-            )
-        return prompt
+        return checked_prompt(prompt_ids, params, self.vocab_size, self.context_length)
 
     def cancel_request(self, request: _Request) -> None:
         with self._lock:

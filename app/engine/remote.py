@@ -33,8 +33,7 @@ from app.engine.batcher import (
     EngineBusy,
     EngineStats,
     EngineStopped,
-    InvalidPrompt,
-    PromptTooLong,
+    checked_prompt,
 )
 from app.engine.detokenize import IncrementalDecoder
 from app.engine.loading import LoadedModel
@@ -223,17 +222,7 @@ class RemoteEngine:
         return GenerationStream(self, request)
 
     def _check_prompt(self, prompt_ids: Sequence[int], params: SamplingParams) -> list[int]:
-        prompt = list(prompt_ids)
-        if not prompt:
-            raise InvalidPrompt("the prompt is empty")
-        if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size for t in prompt):
-            raise InvalidPrompt(f"prompt holds ids outside this model's vocabulary (0..{self.vocab_size - 1})")
-        if len(prompt) + params.max_new_tokens > self.context_length:
-            raise PromptTooLong(
-                f"{len(prompt)} prompt tokens + {params.max_new_tokens} new tokens exceed the "
-                f"model's context of {self.context_length} tokens"
-            )
-        return prompt
+        return checked_prompt(prompt_ids, params, self.vocab_size, self.context_length)
 
     def cancel_request(self, request: _Request) -> None:
         task = request.task
