@@ -43,10 +43,12 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-bench: $(STAMP)
+# backends.py runs the app on the embedded engine and on llama-server: it needs the build
+bench: $(STAMP) llama-server
 	$(PY) bench/throughput.py --requests 16
 	$(PY) bench/throughput.py --requests 32 --max-batch-size 32
 	$(PY) bench/multiturn.py
+	$(PY) bench/backends.py
 
 clean-venv:
 	rm -rf $(VENV)
