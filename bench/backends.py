@@ -3,8 +3,10 @@
 Each backend gets a fresh app server process (``python -m app serve`` on the default
 SmolLM2, its data in a temp folder, sign-up open). Sixteen users sign up over HTTP and
 log in with gradio_client; after one untimed warm-up reply, all sixteen send one
-message at the same moment through ``/send`` and read the reply stream. For (b) the
-app runs with ``CHAT_ENGINE_URL`` + ``CHAT_ENGINE_PROTOCOL=llamacpp`` against
+message at the same moment through ``/send`` and read the reply stream. Both apps stay
+up and take turns for ``--rounds`` rounds each (a b, b a, a b): on a machine shared with
+other work the load then drifts over both alike; the table gives the medians of the
+rounds. For (b) the app runs with ``CHAT_ENGINE_URL`` + ``CHAT_ENGINE_PROTOCOL=llamacpp`` against
 ``llama-server`` serving the default model's GGUF (16 slots), built by
 ``scripts/build_llama_server.sh`` (``make llama-server``).
 
@@ -18,7 +20,7 @@ same model, not the same arithmetic, so the replies differ.
 
 Prints a table; the last line is ``backend ratio (llamacpp/embedded tokens/s): X.XX``.
 
-    python bench/backends.py [--users 16] [--new-tokens 64]
+    python bench/backends.py [--users 16] [--new-tokens 64] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -85,7 +87,13 @@ def sign_up(server: ServerProcess, username: str):
     response = httpx.post(server.url + "signup", data={"username": username, "password": PASSWORD}, timeout=30)
     if response.status_code != 303:
         raise RuntimeError(f"sign-up of {username} failed: {response.status_code} {response.text[:200]}")
-    return api_client(server.url, username, PASSWORD)
+    for attempt in range(3):  # gradio_client's login waits 5 s; scrypt on a loaded machine can take longer
+        try:
+            return api_client(server.url, username, PASSWORD)
+        except httpx.TimeoutException:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def ask(client, text: str, new_tokens: int, start: threading.Barrier | None = None):
@@ -106,76 +114,124 @@ def ask(client, text: str, new_tokens: int, start: threading.Barrier | None = No
     return sent, first or done, done, final[2]
 
 
-def run_workload(label: str, server: ServerProcess, users: int, new_tokens: int) -> Outcome:
+@dataclass
+class Backend:
+    """An app server on one backend with its testers signed up and logged in."""
+
+    label: str
+    server: ServerProcess
+    names: list[str]
+    clients: list
+
+
+def prepare(label: str, server: ServerProcess, users: int) -> Backend:
     names = [f"bench{index:02d}" for index in range(users)]
+    with ThreadPoolExecutor(4) as setup:  # not timed: a few at a time, as testers arrive
+        clients = list(setup.map(lambda name: sign_up(server, name), names))
+    ask(clients[0], "Say hello.", 8)  # warm-up, untimed: first-request costs of either backend
+    return Backend(label, server, names, clients)
+
+
+def run_round(backend: Backend, new_tokens: int) -> Outcome:
+    """Every tester sends one message (a new chat) at the same moment and reads the reply to its end."""
+    users = len(backend.clients)
+    barrier = threading.Barrier(users)
     with ThreadPoolExecutor(users) as pool:
-        clients = list(pool.map(lambda name: sign_up(server, name), names))
-        ask(clients[0], "Say hello.", 8)  # warm-up, untimed: first-request costs of either backend
-        barrier = threading.Barrier(users)
         answers = list(pool.map(
-            lambda i: ask(clients[i], f"Write a long story about {TOPICS[i % len(TOPICS)]}.", new_tokens, barrier),
+            lambda i: ask(backend.clients[i], f"Write a long story about {TOPICS[i % len(TOPICS)]}.", new_tokens,
+                          barrier),
             range(users),
         ))
     replies = []
-    for name, (sent, first, done, conversation_id) in zip(names, answers, strict=True):
-        reply = stored(server, name, conversation_id).messages[-1]
+    for name, (sent, first, done, conversation_id) in zip(backend.names, answers, strict=True):
+        reply = stored(backend.server, name, conversation_id).messages[-1]
         if reply.role != "assistant":
-            raise RuntimeError(f"{label}: {name}'s chat holds no reply")
+            raise RuntimeError(f"{backend.label}: {name}'s chat holds no reply")
         replies.append(Reply(name, first - sent, done - sent, reply.completion_tokens, reply.finish_reason or ""))
     wall = max(answer[2] for answer in answers) - min(answer[0] for answer in answers)
-    return Outcome(label, replies, wall)
+    return Outcome(backend.label, replies, wall)
+
+
+@dataclass
+class Summary:
+    """A backend's rounds: the median of each figure over the rounds."""
+
+    label: str
+    rounds: list[Outcome]
+
+    def median(self, figure) -> float:
+        return statistics.median(figure(outcome) for outcome in self.rounds)
+
+    @property
+    def total_rate(self) -> float:
+        return self.median(lambda o: o.total_rate)
+
+    @property
+    def per_user_rate(self) -> float:
+        return self.median(lambda o: o.per_user_rate)
+
+    def ttft(self, fraction: float) -> float:
+        return self.median(lambda o: o.ttft(fraction))
+
+    def row(self, new_tokens: int) -> str:
+        replies = [reply for outcome in self.rounds for reply in outcome.replies]
+        at_limit = sum(reply.tokens == new_tokens for reply in replies)
+        return (f"{self.label:<22} {self.total_rate:9.1f} {self.per_user_rate:10.2f} {self.ttft(.5):8.2f} "
+                f"{self.ttft(.95):8.2f} {self.median(lambda o: o.wall):7.1f} "
+                f"{sum(reply.tokens for reply in replies):6d} {at_limit:4d}/{len(replies)}")
 
 
 def app_environment(engine_url: str | None) -> dict[str, str]:
-    env = {"CHAT_SIGNUP": "open", "CHAT_MAX_NEW_TOKENS": "1024"}
+    env = {"CHAT_SIGNUP": "open", "CHAT_MAX_NEW_TOKENS": "1024", "CHAT_RATE_LIMIT": "1000"}
     if engine_url:
         env.update(CHAT_ENGINE_URL=engine_url, CHAT_ENGINE_PROTOCOL="llamacpp")
     return env
-
-
-def row(outcome: Outcome, new_tokens: int) -> str:
-    at_limit = sum(reply.tokens == new_tokens for reply in outcome.replies)
-    return (f"{outcome.label:<22} {outcome.total_rate:9.1f} {outcome.per_user_rate:10.2f} "
-            f"{outcome.ttft(.5):8.2f} {outcome.ttft(.95):8.2f} {outcome.wall:7.1f} "
-            f"{outcome.tokens:6d} {at_limit:4d}/{len(outcome.replies)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per backend, alternated a b, b a, a b, ...")
     args = parser.parse_args()
     try:
         binary = llama_server_binary()
     except pytest.skip.Exception as reason:  # cannot be built here: say why, as the tests do
         raise SystemExit(f"bench/backends.py needs llama-server: {reason}") from None
 
-    outcomes = []
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as folder, ExitStack() as stack:
         root = Path(folder)
-        (root / "embedded").mkdir()
-        with running_server(root / "embedded", "smollm2", **app_environment(None)) as server:
-            outcomes.append(run_workload("(a) embedded engine", server, args.users, args.new_tokens))
-        (root / "llama").mkdir()
-        (root / "remote").mkdir()
+        for name in ("embedded", "llama", "remote"):
+            (root / name).mkdir()
+        # both apps stay up and take turns, so the load other work puts on the machine hits both alike
         llama = LlamaServer(binary, root / "llama", parallel=args.users, context=args.users * 1024).start()
         stack.callback(llama.kill)
-        with running_server(root / "remote", "smollm2", **app_environment(llama.url)) as server:
-            outcomes.append(run_workload("(b) llama.cpp server", server, args.users, args.new_tokens))
+        local = stack.enter_context(running_server(root / "embedded", "smollm2", **app_environment(None)))
+        remote = stack.enter_context(running_server(root / "remote", "smollm2", **app_environment(llama.url)))
+        backends = [prepare("(a) embedded engine", local, args.users),
+                    prepare("(b) llama.cpp server", remote, args.users)]
+        rounds: dict[str, list[Outcome]] = {backend.label: [] for backend in backends}
+        for number in range(args.rounds):
+            for backend in backends if number % 2 == 0 else backends[::-1]:
+                outcome = run_round(backend, args.new_tokens)
+                rounds[backend.label].append(outcome)
+                print(f"  round {number + 1} {backend.label}: {outcome.total_rate:6.1f} tok/s, TTFT p50 "
+                      f"{outcome.ttft(.5):.2f} s, p95 {outcome.ttft(.95):.2f} s", flush=True)
 
-    embedded, remote = outcomes
-    print(f"{args.users} users through the app, one message each sent at once, greedy, "
-          f"{args.new_tokens} new tokens asked per reply (SmolLM2-135M: (a) float32, (b) GGUF Q4_1, 16 slots)")
+    embedded, server = (Summary(label, outcomes) for label, outcomes in rounds.items())
+    print(f"{args.users} users through the app, one message each sent at once, greedy, {args.new_tokens} new "
+          f"tokens asked per reply, median of {args.rounds} rounds (SmolLM2-135M: (a) float32, (b) GGUF Q4_1, "
+          f"{args.users} slots)")
     print(f"{'backend':<22} {'tok/s':>9} {'user tok/s':>10} {'TTFT p50':>8} {'TTFT p95':>8} {'wall s':>7} "
           f"{'tokens':>6} {'at limit':>9}")
-    for outcome in outcomes:
-        print(row(outcome, args.new_tokens))
-    print(f"{'ratio (b)/(a)':<22} {remote.total_rate / embedded.total_rate:9.2f} "
-          f"{remote.per_user_rate / embedded.per_user_rate:10.2f} {remote.ttft(.5) / embedded.ttft(.5):8.2f} "
-          f"{remote.ttft(.95) / embedded.ttft(.95):8.2f}")
-    reasons = {o.label: sorted({r.finish_reason for r in o.replies}) for o in outcomes}
+    for summary in (embedded, server):
+        print(summary.row(args.new_tokens))
+    print(f"{'ratio (b)/(a)':<22} {server.total_rate / embedded.total_rate:9.2f} "
+          f"{server.per_user_rate / embedded.per_user_rate:10.2f} {server.ttft(.5) / embedded.ttft(.5):8.2f} "
+          f"{server.ttft(.95) / embedded.ttft(.95):8.2f}")
+    reasons = {s.label: sorted({r.finish_reason for o in s.rounds for r in o.replies}) for s in (embedded, server)}
     print("finish reasons: " + "; ".join(f"{label} {', '.join(found)}" for label, found in reasons.items()))
-    print(f"backend ratio (llamacpp/embedded tokens/s): {remote.total_rate / embedded.total_rate:.2f}")
+    print(f"backend ratio (llamacpp/embedded tokens/s): {server.total_rate / embedded.total_rate:.2f}")
 
 
 if __name__ == "__main__":
