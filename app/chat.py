@@ -582,7 +582,7 @@ class ChatService:
         text = check_message_text(text, self.max_input_chars)
         params = options.sampling(self.max_new_tokens)
         conversation = await self.open(username, conversation_id)
-        target = self._stored_message(conversation, message_id)
+        target = self.stored_message(conversation, message_id)
         if target.role != "user":
             raise ChatError("Only your own messages can be edited.")
         self._refuse_if_replying(conversation.id)
@@ -620,7 +620,7 @@ class ChatService:
     async def show_version(self, username: str | None, conversation_id: str, message_id: Any) -> ConversationRecord:
         """Put another version of a turn on screen; the chat continues from it. Returns the chat as shown now."""
         conversation = await self.open(username, conversation_id)
-        self._stored_message(conversation, message_id)
+        self.stored_message(conversation, message_id)
         self._refuse_if_replying(conversation.id)
         try:
             with database_faults(CANNOT_SAVE):
@@ -630,7 +630,7 @@ class ChatService:
         return await self.open(username, conversation_id)
 
     @staticmethod
-    def _stored_message(conversation: ConversationRecord, message_id: Any) -> MessageRecord:
+    def stored_message(conversation: ConversationRecord, message_id: Any) -> MessageRecord:
         """A message of this (owned) chat by id; anything else is "not found", like a missing one."""
         if isinstance(message_id, str) and message_id.strip().isdigit():
             message_id = int(message_id)
@@ -670,7 +670,7 @@ class ChatService:
         rate its replies: another user's message id is "not found".
         """
         conversation = await self.open(username, conversation_id)
-        message = self._stored_message(conversation, message_id)
+        message = self.stored_message(conversation, message_id)
         if message.role != "assistant" or (message.finish_reason == "interrupted" and not message.content):
             raise ChatError("Only the model's replies can be rated.")
         if comment is not None and not isinstance(comment, str):
@@ -693,7 +693,7 @@ class ChatService:
     ) -> RatingRecord:
         """Add or change the short comment of one's rating of a reply (rate first)."""
         conversation = await self.open(username, conversation_id)
-        message = self._stored_message(conversation, message_id)
+        message = self.stored_message(conversation, message_id)
         if message.rating is None:
             raise ChatError("Rate the reply first (👍 or 👎), then add a comment.")
         rating = await self.rate(username, conversation_id, message.id, message.rating.value, comment)
