@@ -620,11 +620,11 @@ class ChatService:
     async def show_version(self, username: str | None, conversation_id: str, message_id: Any) -> ConversationRecord:
         """Put another version of a turn on screen; the chat continues from it. Returns the chat as shown now."""
         conversation = await self.open(username, conversation_id)
-        self.stored_message(conversation, message_id)
+        message = self.stored_message(conversation, message_id)
         self._refuse_if_replying(conversation.id)
         try:
             with database_faults(CANNOT_SAVE):
-                await self.repository.show_version(conversation.user_id, conversation.id, message_id)
+                await self.repository.show_version(conversation.user_id, conversation.id, message.id)
         except NotFound:
             raise MessageNotFound() from None
         return await self.open(username, conversation_id)
