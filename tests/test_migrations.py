@@ -9,7 +9,6 @@ from random import Random
 
 import pytest
 import sqlalchemy as sa
-
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -207,9 +206,11 @@ async def test_the_tree_upgrade_keeps_every_field_of_every_chat(database_url):
                 assert after.id == before["id"]
                 compared += 1
             assert conversation.token_history() == [t for m in old for t in unpack_token_ids(m["token_ids"])]
-            assert (conversation.title, conversation.model, conversation.created_at, conversation.updated_at) == chat[2:]
+            kept = (conversation.title, conversation.model, conversation.created_at, conversation.updated_at)
+            assert kept == chat[2:]
         assert compared == len(messages)
-        print(f"\nmigration 0002->0003 ({database.engine.dialect.name}): {len(chats)} chats, {compared} messages compared")
+        dialect = database.engine.dialect.name
+        print(f"\nmigration 0002->0003 ({dialect}): {len(chats)} chats, {compared} messages compared")
 
         # the upgraded chats keep growing as trees: a retry adds a version, old ones stay
         chat = chats[1]

@@ -542,7 +542,7 @@ def test_versions_edits_and_ratings_survive_a_reload(server, pages):
     wait_for(lambda: "your message:" in last_reply(page) and "2 / 2" in last_reply(page), timeout=60)
     edited_reply = wait_until_settled(page)
     conversation = stored(server, "versions", conversation_id)
-    assert [m.content for m in conversation.messages][0] == "edited question" and len(conversation.tree) == 5
+    assert conversation.messages[0].content == "edited question" and len(conversation.tree) == 5
 
     # rate the reply on screen, with a comment
     page.locator("#chat button[aria-label='Like']").last.click()

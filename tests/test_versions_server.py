@@ -13,6 +13,7 @@ import os
 import subprocess
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -181,7 +182,7 @@ def test_ratings_through_the_api_are_the_owners_alone(server, tmp_path):
 
     # bob's preference export holds nothing of alice's; the admin's CLI export has her pair
     bob_file = bob.predict(chat, api_name="/export_preferences")[0]
-    assert open(bob_file, encoding="utf-8").read() == ""
+    assert Path(bob_file).read_text(encoding="utf-8") == ""
     out = tmp_path / "prefs.jsonl"
     environment = {**os.environ, "CHAT_DATA_DIR": str(server.data_dir)}
     environment.pop("CHAT_DATABASE_URL", None)
