@@ -39,7 +39,7 @@ from app.transcript import (
     with_user_versions,
 )
 from app.views import Views
-from storage.repository import ConversationRecord, MessageRecord
+from storage.repository import ConversationRecord
 from storage.tree import path_to
 
 LIKED = {True: "up", False: "down"}
@@ -108,13 +108,31 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             gr.update(value=NO_MATCH if (search or "").strip() and not choices else "", visible=True),
         )
 
-    def chat_view(conversation: ConversationRecord | None, live: str | None = None) -> Any:
-        """The Chatbot's value and its like/dislike marks (the stored ratings)."""
-        bubbles = conversation_bubbles(conversation, live)
-        return shown(conversation.messages if conversation else [], bubbles)
+    def chat_view(conversation: ConversationRecord | None, live: str | None = None) -> list[dict[str, str]]:
+        return conversation_bubbles(conversation, live)
 
-    def shown(messages: list[MessageRecord], bubbles: list[dict[str, str]]) -> Any:
-        return gr.update(value=bubbles, feedback_value=feedback_values(messages, bubbles))
+    def marked_view(conversation: ConversationRecord | None, live: str | None = None) -> Any:
+        """The chat and its like/dislike marks (the stored ratings), for page-only events.
+
+        Events an API client calls return the plain message list (an update object would
+        change what the client receives); their marks follow in ``sync_marks``.
+        """
+        bubbles = conversation_bubbles(conversation, live)
+        return gr.update(value=bubbles, feedback_value=marks(conversation, bubbles))
+
+    def marks(conversation: ConversationRecord | None, bubbles: list[dict[str, str]]) -> list[str | None]:
+        return feedback_values(conversation.messages if conversation else [], bubbles)
+
+    async def sync_marks(conversation_id: str | None, request: gr.Request) -> Any:
+        """The like/dislike marks of the chat on screen, after an event that redrew it."""
+        conversation = None
+        if conversation_id:
+            try:
+                conversation = await holder.get().open(request.username, conversation_id)
+            except ChatError:
+                conversation = None
+        live = holder.get().live_text(conversation) if conversation else None
+        return gr.update(feedback_value=marks(conversation, conversation_bubbles(conversation, live)))
 
     async def chat_updates(conversation: ConversationRecord | None) -> tuple[Any, ...]:
         """chatbot, conversation id, status, send, stop, and the chat's settings."""
@@ -185,21 +203,9 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
 
     async def relay(
         events: AsyncIterator[ChatEvent], bubbles: list[dict[str, str]], origin: str | None,
-        username: str | None, search: str, session: str | None, messages: list[MessageRecord] | None = None,
-    ) -> AsyncIterator[tuple[Any, ...] | None]:
-        """Service events to (chatbot, conversation id, status, chat list); None while off screen.
-
-        ``messages`` are the stored messages behind the first bubbles (for their ratings).
-        """
-        async for update in _relay(events, bubbles, origin, username, search, session):
-            if update is not None:
-                update = (shown(messages or [], update[0]), *update[1:])
-            yield update
-
-    async def _relay(
-        events: AsyncIterator[ChatEvent], bubbles: list[dict[str, str]], origin: str | None,
         username: str | None, search: str, session: str | None,
     ) -> AsyncIterator[tuple[Any, ...] | None]:
+        """Service events to (chatbot, conversation id, status, chat list); None while off screen."""
         conversation_id = origin
         async for event in events:
             if event.kind == "conversation":
@@ -248,8 +254,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         cleared = False
         try:
             events = service.send(username, conversation_id, text, options)
-            messages = before.messages if before else []
-            async for update in relay(events, bubbles, conversation_id, username, search, session, messages):
+            async for update in relay(events, bubbles, conversation_id, username, search, session):
                 if update is None:
                     yield unchanged
                     continue
@@ -259,8 +264,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 cleared = True
         except ChatError as error:  # busy, rate limit, bad input: the typed text goes back
             if views.showing(session, conversation_id):
-                yield shown(before.messages if before else [], history), text, conversation_id, problem(error), \
-                    gr.update()
+                yield history, text, conversation_id, problem(error), gr.update()
             else:
                 gr.Warning(str(error))
                 yield unchanged
@@ -288,7 +292,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         options = ChatOptions("", temperature, top_p, int(max_new_tokens))
         try:
             events = service.retry(username, conversation_id, options)
-            async for update in relay(events, bubbles, conversation_id, username, search, session, kept):
+            async for update in relay(events, bubbles, conversation_id, username, search, session):
                 yield update if update is not None else (gr.update(),) * 4
         except ChatError as error:
             if views.showing(session, conversation_id):
@@ -311,7 +315,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         except ChatError:
             return (gr.update(), *button_updates(False))
         live = holder.get().live_text(conversation)
-        return (gr.update() if live is not None else chat_view(conversation), *button_updates(live is not None))
+        return (gr.update() if live is not None else marked_view(conversation), *button_updates(live is not None))
 
     async def on_stop(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Stop the reply of the chat on screen at once; its stream shows and stores it as stopped."""
@@ -409,9 +413,10 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             message = service.shown_message(conversation, index)
             comment = message.rating.comment if message.rating else None
             rating = await service.rate(username, conversation_id, message.id, value, comment)
-            chatbot, status, row, _, comment_box = await rated(username, conversation_id, rating)
+            _, status, row, _, comment_box = await rated(username, conversation_id, rating)
+            chatbot = marked_view(await service.open(username, conversation_id))
         except ChatError as error:
-            chatbot = chat_view(conversation, service.live_text(conversation)) if conversation else gr.update()
+            chatbot = marked_view(conversation, service.live_text(conversation)) if conversation else gr.update()
             return chatbot, problem(error), gr.update(visible=False), "", ""
         return chatbot, status, row, str(message.id) if rating else "", comment_box
 
@@ -459,7 +464,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             bubbles += [{"role": "user", "content": shown_as_text(text or "")}, {"role": "assistant", "content": "…"}]
             options = ChatOptions("", temperature, top_p, int(max_new_tokens))
             events = service.edit(username, conversation_id, edited.id, text, options)
-            async for update in relay(events, bubbles, conversation_id, username, search, session, kept):
+            async for update in relay(events, bubbles, conversation_id, username, search, session):
                 yield update if update is not None else (gr.update(),) * 4
         except ChatError as error:
             if views.showing(session, conversation_id):
@@ -597,20 +602,24 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         buttons = [send_button, stop_button]
         settings_boxes = [system_prompt, temperature, top_p, max_new_tokens]
         chat_outputs = [chatbot, conversation_state, status, *buttons, *settings_boxes]
+        # after an event that redrew the chat: its like/dislike marks
+        marks_after: dict[str, Any] = dict(
+            fn=sync_marks, inputs=[conversation_state], outputs=[chatbot], api_name=False, show_progress="hidden"
+        )
         list_outputs = [chat_list, more_button, no_match]
 
         demo.load(
             on_load, [timezone], [greeting, chat_list, chatbot, conversation_state, status, more_button, no_match,
                                   *buttons, *settings_boxes],
             api_name="load", js=TIMEZONE_JS,
-        )
+        ).then(**marks_after)
         demo.unload(forget_page)
         # the page's address follows the chat on screen, whoever changed it
         conversation_state.change(None, [conversation_state], None, js=SET_ADDRESS_JS)
         # the radio's choices change per user, so its value is copied in the browser, then checked
         chat_list.input(None, [chat_list], [conversation_state], js=CLOSE_SIDEBAR_ON_PHONE_JS).then(
             on_select, [conversation_state], chat_outputs, api_name="open", show_progress="hidden",
-        )
+        ).then(**marks_after)
         # .change, not .input: pasting and clearing must search too; always the latest text
         search.change(on_search, [search, conversation_state], list_outputs, api_name="search",
                       show_progress="hidden", trigger_mode="always_last")
@@ -621,12 +630,12 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         new_chat_button.click(
             new_chat, None, [chatbot, conversation_state, chat_list, status, *buttons, *settings_boxes],
             api_name="new_chat",
-        ).then(None, None, None, js=CLOSE_SIDEBAR_ON_PHONE_JS)
+        ).then(None, None, None, js=CLOSE_SIDEBAR_ON_PHONE_JS).then(**marks_after)
         # the chatbot's own trash button clears the view only: make it start a new chat
         chatbot.clear(
             new_chat, None, [chatbot, conversation_state, chat_list, status, *buttons, *settings_boxes],
             api_name=False,
-        )
+        ).then(**marks_after)
         send_inputs = [message, conversation_state, system_prompt, temperature, top_p, max_new_tokens, search]
         send_outputs = [chatbot, message, conversation_state, status, chat_list]
         # Enter in the message box clicks Send (see page_assets.KEYS_JS); "multiple": a reply
@@ -656,7 +665,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         switch_version.click(
             on_switch_version, [conversation_state, version_target], [chatbot, status], api_name="switch_version",
             js=PICKED_VERSION_JS, show_progress="hidden",
-        )
+        ).then(**marks_after)
         chatbot.like(
             on_like, [conversation_state], [chatbot, status, rating_row, rated_message, rating_comment],
             api_name=False, show_progress="hidden",
@@ -664,14 +673,14 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         rate_button.click(
             on_rate, [conversation_state, rated_message, rating_value, rating_comment], [chatbot, status],
             api_name="rate",
-        )
+        ).then(**marks_after)
         save_comment.click(
             on_comment, [conversation_state, rated_message, rating_comment], [chatbot, status], api_name="comment"
-        )
+        ).then(**marks_after)
         stop_button.click(on_stop, [conversation_state], [status, *buttons], api_name="stop",
                           show_progress="hidden")
         undo_button.click(on_undo, [conversation_state, search], [chatbot, status, chat_list, conversation_state],
-                          api_name="undo")
+                          api_name="undo").then(**marks_after)
         rename_button.click(
             on_rename, [conversation_state, rename_box, search], [status, chat_list, rename_box], api_name="rename"
         )
@@ -680,7 +689,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         confirm_delete.click(
             on_delete, [conversation_state, search], [chatbot, conversation_state, confirm_row, status, chat_list],
             api_name="delete",
-        )
+        ).then(**marks_after)
         export_json.click(exporter("json", False), [conversation_state], [export_file, status], api_name="export_json")
         export_md.click(exporter("md", False), [conversation_state], [export_file, status], api_name="export_markdown")
         export_all.click(exporter("jsonl", True), [conversation_state], [export_file, status], api_name="export_all")

@@ -560,10 +560,12 @@ def test_versions_edits_and_ratings_survive_a_reload(server, pages):
     wait_for(lambda: "too short" in last_reply(page), timeout=30)
     reply = last_reply(page)
     assert "your message:" in reply and "2 / 2" in reply and plain(edited_reply.split("💬")[0]) in plain(reply)
-    assert page.locator("#chat button[aria-label='Liked']").count() == 1  # the thumb shows the stored rating
+    liked = page.locator("#chat button[aria-label='Liked']")
+    wait_for(lambda: liked.count() == 1, timeout=15)  # the thumb shows the stored rating
     assert "edited question" in page.locator(USER_BUBBLES).first.inner_text()
     # the question's first version is one click away, with its own (first) reply
     page.locator("#chat .user-versions a.version-prev").last.click()
     wait_for(lambda: "first question" in page.locator(USER_BUBBLES).first.inner_text(), timeout=30)
-    assert "1 / 2" in last_reply(page) and page.locator("#chat button[aria-label='Liked']").count() == 0
+    assert "1 / 2" in last_reply(page)
+    wait_for(lambda: liked.count() == 0, timeout=15)  # that reply is not rated
     page.screenshot(path=ARTIFACTS / "versions-3-reloaded.png")
