@@ -53,7 +53,16 @@ from app.export import FILE_SUFFIX, write_export
 from storage.errors import InvalidInput, NotFound, SearchTooSlow, StorageUnavailable
 from storage.journal import Journal, PendingReply
 from storage.models import utcnow
-from storage.repository import ConversationRecord, ConversationSummary, MessageRecord, NewMessage, Repository
+from storage.repository import (
+    LEAF,
+    ConversationRecord,
+    ConversationSummary,
+    MessageRecord,
+    NewMessage,
+    RatingRecord,
+    Repository,
+)
+from storage.tree import path_to
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,11 @@ class ChatError(Exception):
 class ConversationNotFound(ChatError):
     def __init__(self) -> None:
         super().__init__("Conversation not found. It may have been deleted; pick another from the list.")
+
+
+class MessageNotFound(ChatError):
+    def __init__(self) -> None:
+        super().__init__("Message not found. It may have been deleted; reopen the chat.")
 
 
 class Busy(ChatError):
@@ -209,13 +223,20 @@ class _Reply:
 
 
 def with_pending(conversation: ConversationRecord, pending: list[PendingReply]) -> ConversationRecord:
-    """The chat as the tester saw it: stored messages plus replies still waiting in the journal."""
+    """The chat as the tester saw it: stored messages plus replies still waiting in the journal.
+
+    A waiting reply becomes the shown version below the message it answers, as it
+    will once stored; one answering a message off the branch on screen is not shown.
+    """
     messages = list(conversation.messages)
+    next_seq = max((m.seq for m in conversation.all_messages()), default=-1) + 1
     for entry in pending:
-        if entry.replace:
-            messages = [m for m in messages if m.seq <= entry.after_seq]
-        seq = messages[-1].seq + 1 if messages else 0
-        messages.append(entry.as_record(seq))
+        position = next((i for i, m in enumerate(messages) if m.seq == entry.after_seq), None)
+        if position is None:
+            continue
+        messages = messages[: position + 1]
+        messages.append(entry.as_record(next_seq))
+        next_seq += 1
     return dataclasses.replace(conversation, messages=messages)
 
 
@@ -417,7 +438,9 @@ class ChatService:
             raise ConversationNotFound() from None
 
     async def undo(self, username: str | None, conversation_id: str) -> ConversationRecord | None:
-        """Remove the last exchange (the last user message and anything after it).
+        """Remove the last exchange on screen (the last user message and everything below it).
+
+        Other versions of that message stay; the newest of them is shown instead.
 
         Undoing a chat's only exchange deletes the chat (None is returned): an empty
         chat titled after a message that no longer exists would only mislead.
@@ -430,7 +453,7 @@ class ChatService:
         await self._settle(conversation.id)
         try:
             with database_faults(CANNOT_SAVE):
-                if len(user_messages) == 1:
+                if len(user_messages) == 1 and user_messages[0].version_count == 1:
                     await self.repository.delete_conversation(conversation.user_id, conversation.id)
                     return None
                 await self.repository.delete_messages_from(conversation.user_id, conversation.id, user_messages[-1].seq)
@@ -487,7 +510,13 @@ class ChatService:
                     conversation_id = summary.id
                 else:
                     await self._settle(conversation.id)
-                    stored = await self.repository.append_messages(user_id, conversation.id, new_messages)
+                    # below the message the prompt was built from (a reply that waited in the
+                    # journal is stored by now as the shown version: the end of the branch)
+                    leaf = conversation.messages[-1] if conversation.messages else None
+                    parent = LEAF if leaf is None or leaf.pending else leaf.id
+                    stored = await self.repository.append_messages(
+                        user_id, conversation.id, new_messages, parent_id=parent
+                    )
         except NotFound:
             raise ConversationNotFound() from None
         except InvalidInput as error:
@@ -510,10 +539,10 @@ class ChatService:
             yield event
 
     async def retry(self, username: str | None, conversation_id: str, options: ChatOptions) -> AsyncIterator[ChatEvent]:
-        """Regenerate the reply to the last user message (also after an interrupted reply).
+        """Generate a new version of the reply to the last user message on screen (also after an interrupted reply).
 
-        The old reply stays stored (and is what a crash leaves) until the new one
-        replaces it in one transaction.
+        The old reply stays stored as an earlier version (and is what a crash leaves);
+        the new one becomes the version on screen when it is stored.
         """
         user_id = await self.user_id(username)
         params = options.sampling(self.max_new_tokens)
@@ -539,6 +568,137 @@ class ChatService:
         reply = _Reply(stream, user_id, conversation.id, after_seq=messages[last_user].seq, replace=True)
         async for event in self._stream_reply(reply, params, window.dropped_turns):
             yield event
+
+    async def edit(
+        self, username: str | None, conversation_id: str, message_id: Any, text: str, options: ChatOptions
+    ) -> AsyncIterator[ChatEvent]:
+        """Send a new version of one of the user's messages and stream the reply to it.
+
+        The new message is a sibling of the edited one (same parent), so the old
+        message and everything that followed it stay as the other branch. The prompt
+        is the stored ids along the path to that parent plus the new message.
+        """
+        user_id = await self.user_id(username)
+        text = check_message_text(text, self.max_input_chars)
+        params = options.sampling(self.max_new_tokens)
+        conversation = await self.open(username, conversation_id)
+        target = self.stored_message(conversation, message_id)
+        if target.role != "user":
+            raise ChatError("Only your own messages can be edited.")
+        self._refuse_if_replying(conversation.id)
+        self._check_capacity()
+        await self._throttle(username or "")
+        await self._settle(conversation.id)
+        path = [] if target.parent_id is None else path_to(conversation.all_messages(), target.parent_id)
+        history = self._history_turns(dataclasses.replace(conversation, messages=path))
+        user_ids = self.prompt_format.user_turn([(m.role, m.content) for m in path], text)
+        try:
+            window = self.prompt_format.build_prompt(history, user_ids, params.max_new_tokens)
+        except PromptTooLong as error:
+            raise ChatError(str(error)) from None
+        message = NewMessage("user", text, user_ids, params=params.to_dict())
+        try:
+            with database_faults(CANNOT_SAVE):
+                stored = await self.repository.append_messages(
+                    user_id, conversation.id, [message], parent_id=target.parent_id
+                )
+        except NotFound:
+            raise MessageNotFound() from None
+        except InvalidInput as error:
+            raise ChatError(f"Cannot store this message: {error}.") from None
+        yield ChatEvent("conversation", conversation.id)
+        try:
+            stream = await self.engine.submit(window.token_ids, params)
+        except (EngineBusy, EngineStopped) as error:
+            with contextlib.suppress(StorageUnavailable, NotFound):
+                await self.repository.delete_messages_from(user_id, conversation.id, stored[0].seq)
+            raise Busy(f"The model is busy right now ({error}). Your edit was not kept; try again.") from None
+        reply = _Reply(stream, user_id, conversation.id, after_seq=stored[0].seq)
+        async for event in self._stream_reply(reply, params, window.dropped_turns):
+            yield event
+
+    async def show_version(self, username: str | None, conversation_id: str, message_id: Any) -> ConversationRecord:
+        """Put another version of a turn on screen; the chat continues from it. Returns the chat as shown now."""
+        conversation = await self.open(username, conversation_id)
+        message = self.stored_message(conversation, message_id)
+        self._refuse_if_replying(conversation.id)
+        try:
+            with database_faults(CANNOT_SAVE):
+                await self.repository.show_version(conversation.user_id, conversation.id, message.id)
+        except NotFound:
+            raise MessageNotFound() from None
+        return await self.open(username, conversation_id)
+
+    @staticmethod
+    def stored_message(conversation: ConversationRecord, message_id: Any) -> MessageRecord:
+        """A message of this (owned) chat by id; anything else is "not found", like a missing one."""
+        if isinstance(message_id, str) and message_id.strip().isdigit():
+            message_id = int(message_id)
+        if isinstance(message_id, float) and message_id.is_integer():
+            message_id = int(message_id)
+        found = next(
+            (m for m in conversation.all_messages() if m.id == message_id and not m.pending and m.id > 0), None
+        )
+        if found is None or isinstance(message_id, bool):
+            raise MessageNotFound()
+        return found
+
+    def shown_message(self, conversation: ConversationRecord, position: int) -> MessageRecord:
+        """The message at ``position`` of the branch on screen, refusing what cannot be rated yet."""
+        if not isinstance(position, int) or position < 0:
+            raise MessageNotFound()
+        if position < len(conversation.messages):
+            message = conversation.messages[position]
+            if message.pending:
+                raise ChatError("This reply is still being saved; rate it once it is stored.")
+            return message
+        if position == len(conversation.messages) and self.live_text(conversation) is not None:
+            raise ChatError("This reply is still being written; rate it when it is done.")
+        raise MessageNotFound()
+
+    async def rate(
+        self,
+        username: str | None,
+        conversation_id: str,
+        message_id: Any,
+        value: str | None,
+        comment: str | None = None,
+    ) -> RatingRecord | None:
+        """Rate a reply "up" or "down" (a second call changes it); ``value`` None or "" clears it.
+
+        Returns the rating as stored (None once cleared). Only the chat's owner can
+        rate its replies: another user's message id is "not found".
+        """
+        conversation = await self.open(username, conversation_id)
+        message = self.stored_message(conversation, message_id)
+        if message.role != "assistant" or (message.finish_reason == "interrupted" and not message.content):
+            raise ChatError("Only the model's replies can be rated.")
+        if comment is not None and not isinstance(comment, str):
+            raise ChatError("The comment must be text.")
+        try:
+            with database_faults(CANNOT_SAVE):
+                if not value:
+                    await self.repository.clear_rating(conversation.user_id, conversation.id, message.id)
+                    return None
+                return await self.repository.set_rating(
+                    conversation.user_id, conversation.id, message.id, value, comment
+                )
+        except NotFound:
+            raise MessageNotFound() from None
+        except InvalidInput as error:
+            raise ChatError(f"Cannot rate: {error}.") from None
+
+    async def comment(
+        self, username: str | None, conversation_id: str, message_id: Any, comment: str
+    ) -> RatingRecord:
+        """Add or change the short comment of one's rating of a reply (rate first)."""
+        conversation = await self.open(username, conversation_id)
+        message = self.stored_message(conversation, message_id)
+        if message.rating is None:
+            raise ChatError("Rate the reply first (👍 or 👎), then add a comment.")
+        rating = await self.rate(username, conversation_id, message.id, message.rating.value, comment)
+        assert rating is not None
+        return rating
 
     async def replies_settled(self, max_seconds: float) -> bool:
         """Wait until every reply under way has been stored (or journaled); False on timeout."""

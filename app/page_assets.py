@@ -23,6 +23,10 @@ CSS = f"""
 #chat .message .prose, #chat .message .prose * {{ color: inherit; }}
 #chat .message .prose pre, #chat .message .prose code {{ color: var(--body-text-color); }}
 #chat .reply-stats {{ color: var(--body-text-color-subdued); font-size: var(--text-xs); }}
+#chat .versions {{ font-size: var(--text-sm); color: var(--body-text-color-subdued); white-space: nowrap; }}
+#chat .versions a {{ text-decoration: none; padding: 0 0.35em; font-weight: bold; color: var(--link-text-color); }}
+#chat .versions .version-edge {{ padding: 0 0.35em; opacity: 0.4; }}
+#chat .rating-comment {{ color: var(--body-text-color-subdued); font-size: var(--text-xs); }}
 #status {{ min-height: 1.5em; }}
 #status p {{ color: var(--body-text-color); }}
 #no-match p {{ color: var(--body-text-color-subdued); font-style: italic; }}
@@ -68,6 +72,17 @@ PAGE_JS = f"""
     if (event.key === 'Enter' && inMessageBox(event.target)) event.stopImmediatePropagation();
   }}, true);
 
+  // a version arrow (‹ ›, a link to #v-<message id>) switches the version instead of navigating
+  document.addEventListener('click', (event) => {{
+    const link = event.target.closest && event.target.closest('#chat a[href^="#v-"]');
+    if (!link) return;
+    event.preventDefault();
+    event.stopPropagation();
+    window.teamChatVersion = link.getAttribute('href').slice(3);
+    const button = document.querySelector('#switch-version');
+    if (button) button.click();
+  }}, true);
+
   if (phone()) {{
     const close = () => {{
       const toggle = document.querySelector('#chats-sidebar .toggle-button, .sidebar:not(.right) .toggle-button');
@@ -80,6 +95,11 @@ PAGE_JS = f"""
     const timer = setInterval(() => {{ if (close() || ++tries > 50) clearInterval(timer); }}, 100);
   }}
 }}
+"""
+
+# The switch-version event takes the arrow's message id from the click above.
+PICKED_VERSION_JS = """
+(conversationId, picked) => [conversationId, window.teamChatVersion || picked]
 """
 
 SET_ADDRESS_JS = """

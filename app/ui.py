@@ -24,26 +24,27 @@ from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted
 from app.config import Settings
 from app.page_assets import (
     CLOSE_SIDEBAR_ON_PHONE_JS,
+    PICKED_VERSION_JS,
     SET_ADDRESS_JS,
     TIMEZONE_JS,
     TOGGLE_THEME_JS,
 )
-from app.rendering import safe_markdown
+from app.transcript import (
+    FINISH_NOTES,
+    PENDING_NOTE,
+    conversation_bubbles,
+    feedback_values,
+    message_bubble,
+    shown_as_text,
+    with_user_versions,
+)
 from app.views import Views
-from storage.repository import ConversationRecord, MessageRecord
+from storage.repository import ConversationRecord
+from storage.tree import path_to
 
-FINISH_NOTES = {
-    "stopped": "(stopped)",
-    "disconnected": "(stopped: the page was closed)",
-    "length": "… cut at the max new tokens limit",
-    "error": "⚠ the model failed on this reply; press Retry",
-    "interrupted": "⚠ interrupted (the server stopped)",
-    "shutdown": "(stopped by the server)",
-}
-PENDING_NOTE = "💾 saved locally, will be stored when the database is back"
-# the Gradio concurrency group of the events that stream a reply; app/server.py sizes it
+LIKED = {True: "up", False: "down"}
+
 REPLY_EVENTS = "replies"
-INTERRUPTED_NOTE = "⚠ This reply was interrupted (the server stopped). Press **Retry** to generate it."
 NO_MATCH = "No chats match your search."
 STOP_WAIT_STEPS = 15
 
@@ -59,54 +60,6 @@ class ServiceHolder:
             raise ChatError("The server is still starting; try again in a few seconds.")
         return self.service
 
-
-def shown_as_text(text: str) -> str:
-    """Markdown for the page: code as code, no live HTML, no remote images (see app/rendering.py)."""
-    return safe_markdown(text).markdown
-
-
-def reply_stats(message: MessageRecord) -> str:
-    """``42 tokens · first token 0.31 s · 12.5 tokens/s`` from the stored fields ('' if unknown)."""
-    parts = []
-    tokens = message.completion_tokens
-    if tokens:
-        parts.append(f"{tokens} token{'s' if tokens != 1 else ''}")
-    first = (message.params or {}).get("time_to_first_token_ms")
-    if isinstance(first, int | float):
-        parts.append(f"first token {first / 1000:.2f} s")
-        if tokens and message.latency_ms and message.latency_ms > first and tokens > 1:
-            parts.append(f"{(tokens - 1) / ((message.latency_ms - first) / 1000):.1f} tokens/s")
-    return " · ".join(parts)
-
-
-def message_bubble(message: MessageRecord) -> dict[str, str]:
-    if message.role == "user":
-        return {"role": "user", "content": shown_as_text(message.content)}
-    if message.role == "system":
-        return {"role": "assistant", "content": "*System prompt:* " + shown_as_text(message.content)}
-    content = shown_as_text(message.content)
-    note = FINISH_NOTES.get(message.finish_reason or "")
-    if note:
-        content = (content + "\n\n" if content else "") + f"*{note}*"
-    if message.pending:
-        content = (content + "\n\n" if content else "") + f"*{PENDING_NOTE}*"
-    stats = reply_stats(message)
-    if stats:
-        content += f'\n\n<small class="reply-stats">{stats}</small>'
-    return {"role": "assistant", "content": content}
-
-
-def conversation_bubbles(conversation: ConversationRecord | None, live_text: str | None = None) -> list[dict[str, str]]:
-    """A stored chat; ``live_text`` is its reply being generated right now, if any."""
-    if conversation is None:
-        return []
-    bubbles = [message_bubble(m) for m in conversation.messages]
-    if interrupted(conversation):
-        if live_text is not None:
-            bubbles.append({"role": "assistant", "content": shown_as_text(live_text) or "…"})
-        else:
-            bubbles.append({"role": "assistant", "content": INTERRUPTED_NOTE})
-    return bubbles
 
 
 def problem(error: Exception) -> str:
@@ -155,6 +108,32 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             gr.update(value=NO_MATCH if (search or "").strip() and not choices else "", visible=True),
         )
 
+    def chat_view(conversation: ConversationRecord | None, live: str | None = None) -> list[dict[str, str]]:
+        return conversation_bubbles(conversation, live)
+
+    def marked_view(conversation: ConversationRecord | None, live: str | None = None) -> Any:
+        """The chat and its like/dislike marks (the stored ratings), for page-only events.
+
+        Events an API client calls return the plain message list (an update object would
+        change what the client receives); their marks follow in ``sync_marks``.
+        """
+        bubbles = conversation_bubbles(conversation, live)
+        return gr.update(value=bubbles, feedback_value=marks(conversation, bubbles))
+
+    def marks(conversation: ConversationRecord | None, bubbles: list[dict[str, str]]) -> list[str | None]:
+        return feedback_values(conversation.messages if conversation else [], bubbles)
+
+    async def sync_marks(conversation_id: str | None, request: gr.Request) -> Any:
+        """The like/dislike marks of the chat on screen, after an event that redrew it."""
+        conversation = None
+        if conversation_id:
+            try:
+                conversation = await holder.get().open(request.username, conversation_id)
+            except ChatError:
+                conversation = None
+        live = holder.get().live_text(conversation) if conversation else None
+        return gr.update(feedback_value=marks(conversation, conversation_bubbles(conversation, live)))
+
     async def chat_updates(conversation: ConversationRecord | None) -> tuple[Any, ...]:
         """chatbot, conversation id, status, send, stop, and the chat's settings."""
         service = holder.get()
@@ -162,7 +141,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             return ([], None, "", *button_updates(False), *settings_updates(None))
         live = service.live_text(conversation)
         return (
-            conversation_bubbles(conversation, live), conversation.id, "", *button_updates(live is not None),
+            chat_view(conversation, live), conversation.id, "", *button_updates(live is not None),
             *settings_updates(options_of(conversation)),
         )
 
@@ -308,8 +287,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         except ValueError:
             yield gr.update(), conversation_id, problem(ChatError("There is no message to retry yet.")), gr.update()
             return
-        bubbles = [message_bubble(m) for m in conversation.messages[: last_user + 1]]
-        bubbles.append({"role": "assistant", "content": "…"})
+        kept = conversation.messages[: last_user + 1]
+        bubbles = with_user_versions(kept, [*(message_bubble(m) for m in kept), {"role": "assistant", "content": "…"}])
         options = ChatOptions("", temperature, top_p, int(max_new_tokens))
         try:
             events = service.retry(username, conversation_id, options)
@@ -317,7 +296,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 yield update if update is not None else (gr.update(),) * 4
         except ChatError as error:
             if views.showing(session, conversation_id):
-                yield conversation_bubbles(conversation), conversation_id, problem(error), gr.update()
+                yield chat_view(conversation), conversation_id, problem(error), gr.update()
             else:
                 gr.Warning(str(error))
                 yield (gr.update(),) * 4
@@ -325,16 +304,18 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
     def begin_reply() -> tuple[Any, Any]:
         return button_updates(True)
 
-    async def end_reply(request: gr.Request) -> tuple[Any, Any]:
-        """After a send or retry: the buttons for whatever chat is on screen now."""
+    async def end_reply(request: gr.Request) -> tuple[Any, ...]:
+        """After a send, retry or edit: the buttons for whatever chat is on screen now, and
+        that chat as stored (its version switches and ratings), unless a reply still streams there."""
         conversation_id = views.on_screen(request.session_hash)
         if not conversation_id:
-            return button_updates(False)
+            return (gr.update(), *button_updates(False))
         try:
             conversation = await holder.get().open(request.username, conversation_id)
         except ChatError:
-            return button_updates(False)
-        return button_updates(holder.get().live_text(conversation) is not None)
+            return (gr.update(), *button_updates(False))
+        live = holder.get().live_text(conversation)
+        return (gr.update() if live is not None else marked_view(conversation), *button_updates(live is not None))
 
     async def on_stop(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Stop the reply of the chat on screen at once; its stream shows and stores it as stopped."""
@@ -364,7 +345,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         if conversation is None:
             views.show(request.session_hash, None)
             return [], "Removed the last exchange; the chat was empty, so it is gone.", chats, None
-        return conversation_bubbles(conversation), "Removed the last exchange.", chats, conversation.id
+        return chat_view(conversation), "Removed the last exchange.", chats, conversation.id
 
     async def on_rename(conversation_id: str | None, title: str, search: str, request: gr.Request) -> tuple[Any, ...]:
         if not conversation_id:
@@ -396,6 +377,132 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         views.show(request.session_hash, None)
         chats, _more, _no_match = await list_updates(request.username, search, request.session_hash, None)
         return [], None, gr.update(visible=False), "Chat deleted.", chats
+
+    # ------------------------------------------------------------ versions, edits, ratings
+
+    async def on_switch_version(conversation_id: str | None, message_id: str, request: gr.Request) -> tuple[Any, ...]:
+        """Show another version of a turn (the ‹ › arrows); the chat continues from it."""
+        service = holder.get()
+        try:
+            if not conversation_id:
+                raise ChatError("Open a chat first.")
+            conversation = await service.show_version(request.username, conversation_id, message_id)
+        except ChatError as error:
+            return gr.update(), problem(error)
+        return chat_view(conversation, service.live_text(conversation)), ""
+
+    async def rated(username: str | None, conversation_id: str, rating: Any) -> tuple[Any, ...]:
+        """chatbot, status, comment row, rated message id, comment box after a rating changed."""
+        conversation = await holder.get().open(username, conversation_id)
+        if rating is None:
+            return chat_view(conversation), "Rating removed.", gr.update(visible=False), "", ""
+        thumb = "👍" if rating.value == "up" else "👎"
+        return chat_view(conversation), f"Rated {thumb}. Add a short comment below if you like.", gr.update(
+            visible=True), gr.update(), rating.comment or ""
+
+    async def on_like(conversation_id: str | None, like: gr.LikeData, request: gr.Request) -> tuple[Any, ...]:
+        """The Chatbot's thumbs: up, down, or (clicking the same thumb again) no rating."""
+        service, username = holder.get(), request.username
+        index = like.index if isinstance(like.index, int) else like.index[0]
+        value = LIKED.get(like.liked) if isinstance(like.liked, bool) else None
+        conversation = None
+        try:
+            if not conversation_id:
+                raise ChatError("Open a chat first.")
+            conversation = await service.open(username, conversation_id)
+            message = service.shown_message(conversation, index)
+            comment = message.rating.comment if message.rating else None
+            rating = await service.rate(username, conversation_id, message.id, value, comment)
+            _, status, row, _, comment_box = await rated(username, conversation_id, rating)
+            chatbot = marked_view(await service.open(username, conversation_id))
+        except ChatError as error:
+            chatbot = marked_view(conversation, service.live_text(conversation)) if conversation else gr.update()
+            return chatbot, problem(error), gr.update(visible=False), "", ""
+        return chatbot, status, row, str(message.id) if rating else "", comment_box
+
+    async def on_rate(
+        conversation_id: str | None, message_id: str, value: str, comment: str, request: gr.Request
+    ) -> tuple[Any, ...]:
+        """API: rate a reply by id ("up", "down", or "" to clear) with an optional comment."""
+        try:
+            if not conversation_id:
+                raise ChatError("Open a chat first.")
+            rating = await holder.get().rate(request.username, conversation_id, message_id, value or None,
+                                             comment or None)
+            chatbot, status, *_ = await rated(request.username, conversation_id, rating)
+        except ChatError as error:
+            return gr.update(), problem(error)
+        return chatbot, status
+
+    async def on_comment(
+        conversation_id: str | None, message_id: str, comment: str, request: gr.Request
+    ) -> tuple[Any, ...]:
+        try:
+            if not conversation_id or not message_id:
+                raise ChatError("Rate a reply first (👍 or 👎), then add a comment.")
+            await holder.get().comment(request.username, conversation_id, message_id, comment or "")
+            chatbot, *_ = await rated(request.username, conversation_id, None)
+        except ChatError as error:
+            return gr.update(), problem(error)
+        return chatbot, "Comment saved."
+
+    async def edit_stream(
+        conversation_id: str | None, message_id: Any, text: str, temperature: float, top_p: float,
+        max_new_tokens: float, search: str, request: gr.Request,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """A new version of a sent message, and its reply streaming; the old branch stays."""
+        username, session = request.username, request.session_hash
+        service = holder.get()
+        conversation = None
+        try:
+            if not conversation_id:
+                raise ChatError("Open a chat first.")
+            conversation = await service.open(username, conversation_id)
+            edited = service.stored_message(conversation, message_id)
+            kept = [] if edited.parent_id is None else path_to(conversation.all_messages(), edited.parent_id)
+            bubbles = with_user_versions(kept, [message_bubble(m) for m in kept])
+            bubbles += [{"role": "user", "content": shown_as_text(text or "")}, {"role": "assistant", "content": "…"}]
+            options = ChatOptions("", temperature, top_p, int(max_new_tokens))
+            events = service.edit(username, conversation_id, edited.id, text, options)
+            async for update in relay(events, bubbles, conversation_id, username, search, session):
+                yield update if update is not None else (gr.update(),) * 4
+        except ChatError as error:
+            if views.showing(session, conversation_id):
+                view = chat_view(conversation, service.live_text(conversation)) if conversation else gr.update()
+                yield view, conversation_id, problem(error), gr.update()
+            else:
+                gr.Warning(str(error))
+                yield (gr.update(),) * 4
+
+    async def on_edit(
+        conversation_id: str | None, message_id: str, text: str, temperature: float, top_p: float,
+        max_new_tokens: float, search: str, request: gr.Request,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """API: edit the user message ``message_id``."""
+        async for update in edit_stream(conversation_id, message_id, text, temperature, top_p, max_new_tokens,
+                                        search, request):
+            yield update
+
+    async def on_chat_edit(
+        conversation_id: str | None, temperature: float, top_p: float, max_new_tokens: float, search: str,
+        edit: gr.EditData, request: gr.Request,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """The Chatbot's own edit of a user bubble: its position on screen names the message."""
+        index = edit.index if isinstance(edit.index, int) else edit.index[0]
+        value = edit.value
+        if isinstance(value, list):
+            value = "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in value)
+        message_id: Any = None
+        try:
+            if conversation_id:
+                conversation = await holder.get().open(request.username, conversation_id)
+                if 0 <= index < len(conversation.messages):
+                    message_id = conversation.messages[index].id
+        except ChatError:
+            pass
+        async for update in edit_stream(conversation_id, message_id, str(value or ""), temperature, top_p,
+                                        max_new_tokens, search, request):
+            yield update
 
     def exporter(fmt: str, whole_history: bool) -> Callable[..., Any]:
         async def export(conversation_id: str | None, request: gr.Request) -> tuple[Any, str]:
@@ -444,6 +551,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                     export_json = gr.Button("JSON", size="sm", elem_id="export-json")
                     export_md = gr.Button("Markdown", size="sm", elem_id="export-md")
                     export_all = gr.Button("All (JSONL)", size="sm", elem_id="export-all")
+                    export_prefs = gr.Button("Preferences", size="sm", elem_id="export-preferences")
                 export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
             with gr.Row():
                 gr.Button("Account", link="/account", size="sm", elem_id="account")
@@ -462,8 +570,24 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         chatbot = gr.Chatbot(
             label="Chat", elem_id="chat", buttons=["copy", "copy_all"], sanitize_html=True, height="65vh",
             placeholder="Start a new chat below, or open one of yours from the sidebar.", show_label=False,
+            editable="user", feedback_options=("Like", "Dislike"),
         )
         status = gr.Markdown(elem_id="status")
+        with gr.Row(visible=False, elem_id="rating-row") as rating_row:
+            rating_comment = gr.Textbox(
+                placeholder="Why? A short comment, e.g. “wrong fact”, “too long” (optional, at most 200 characters)",
+                show_label=False, max_lines=1, max_length=200, scale=6, elem_id="rating-comment",
+            )
+            save_comment = gr.Button("Save comment", size="sm", scale=1, min_width=90, elem_id="save-comment")
+        # Ids for the version arrows, ratings and edits: hidden boxes, so API clients pass them explicitly too
+        rated_message = gr.Textbox(visible="hidden", elem_id="rated-message")
+        rating_value = gr.Textbox(visible="hidden", elem_id="rating-value")
+        version_target = gr.Textbox(visible="hidden", elem_id="version-target")
+        edit_target = gr.Textbox(visible="hidden", elem_id="edit-target")
+        edit_text = gr.Textbox(visible="hidden", elem_id="edit-text")
+        switch_version = gr.Button("Switch version", visible="hidden", elem_id="switch-version")
+        rate_button = gr.Button("Rate", visible="hidden", elem_id="rate")
+        edit_button = gr.Button("Edit", visible="hidden", elem_id="edit")
         with gr.Row(equal_height=True, elem_id="composer"):
             message = gr.Textbox(
                 placeholder="Message the model… (Enter sends, Shift+Enter adds a line)", show_label=False,
@@ -478,20 +602,24 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         buttons = [send_button, stop_button]
         settings_boxes = [system_prompt, temperature, top_p, max_new_tokens]
         chat_outputs = [chatbot, conversation_state, status, *buttons, *settings_boxes]
+        # after an event that redrew the chat: its like/dislike marks
+        marks_after: dict[str, Any] = dict(
+            fn=sync_marks, inputs=[conversation_state], outputs=[chatbot], api_name=False, show_progress="hidden"
+        )
         list_outputs = [chat_list, more_button, no_match]
 
         demo.load(
             on_load, [timezone], [greeting, chat_list, chatbot, conversation_state, status, more_button, no_match,
                                   *buttons, *settings_boxes],
             api_name="load", js=TIMEZONE_JS,
-        )
+        ).then(**marks_after)
         demo.unload(forget_page)
         # the page's address follows the chat on screen, whoever changed it
         conversation_state.change(None, [conversation_state], None, js=SET_ADDRESS_JS)
         # the radio's choices change per user, so its value is copied in the browser, then checked
         chat_list.input(None, [chat_list], [conversation_state], js=CLOSE_SIDEBAR_ON_PHONE_JS).then(
             on_select, [conversation_state], chat_outputs, api_name="open", show_progress="hidden",
-        )
+        ).then(**marks_after)
         # .change, not .input: pasting and clearing must search too; always the latest text
         search.change(on_search, [search, conversation_state], list_outputs, api_name="search",
                       show_progress="hidden", trigger_mode="always_last")
@@ -502,12 +630,12 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         new_chat_button.click(
             new_chat, None, [chatbot, conversation_state, chat_list, status, *buttons, *settings_boxes],
             api_name="new_chat",
-        ).then(None, None, None, js=CLOSE_SIDEBAR_ON_PHONE_JS)
+        ).then(None, None, None, js=CLOSE_SIDEBAR_ON_PHONE_JS).then(**marks_after)
         # the chatbot's own trash button clears the view only: make it start a new chat
         chatbot.clear(
             new_chat, None, [chatbot, conversation_state, chat_list, status, *buttons, *settings_boxes],
             api_name=False,
-        )
+        ).then(**marks_after)
         send_inputs = [message, conversation_state, system_prompt, temperature, top_p, max_new_tokens, search]
         send_outputs = [chatbot, message, conversation_state, status, chat_list]
         # Enter in the message box clicks Send (see page_assets.KEYS_JS); "multiple": a reply
@@ -516,17 +644,43 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         send_button.click(
             on_send, send_inputs, send_outputs, api_name="send", show_progress="hidden", trigger_mode="multiple",
             concurrency_id=REPLY_EVENTS,
-        ).then(end_reply, None, buttons, api_name=False, show_progress="hidden")
+        ).then(end_reply, None, [chatbot, *buttons], api_name=False, show_progress="hidden")
         retry_button.click(begin_reply, None, buttons, api_name=False, show_progress="hidden", queue=False)
         retry_button.click(
             on_retry, [conversation_state, temperature, top_p, max_new_tokens, search],
             [chatbot, conversation_state, status, chat_list], api_name="retry", show_progress="hidden",
             trigger_mode="multiple", concurrency_id=REPLY_EVENTS,
-        ).then(end_reply, None, buttons, api_name=False, show_progress="hidden")
+        ).then(end_reply, None, [chatbot, *buttons], api_name=False, show_progress="hidden")
+        edit_outputs = [chatbot, conversation_state, status, chat_list]
+        edit_settings = [temperature, top_p, max_new_tokens, search]
+        chatbot.edit(begin_reply, None, buttons, api_name=False, show_progress="hidden", queue=False)
+        chatbot.edit(
+            on_chat_edit, [conversation_state, *edit_settings], edit_outputs, api_name=False,
+            show_progress="hidden", trigger_mode="multiple", concurrency_id=REPLY_EVENTS,
+        ).then(end_reply, None, [chatbot, *buttons], api_name=False, show_progress="hidden")
+        edit_button.click(
+            on_edit, [conversation_state, edit_target, edit_text, *edit_settings], edit_outputs, api_name="edit",
+            show_progress="hidden", trigger_mode="multiple", concurrency_id=REPLY_EVENTS,
+        ).then(end_reply, None, [chatbot, *buttons], api_name=False, show_progress="hidden")
+        switch_version.click(
+            on_switch_version, [conversation_state, version_target], [chatbot, status], api_name="switch_version",
+            js=PICKED_VERSION_JS, show_progress="hidden",
+        ).then(**marks_after)
+        chatbot.like(
+            on_like, [conversation_state], [chatbot, status, rating_row, rated_message, rating_comment],
+            api_name=False, show_progress="hidden",
+        )
+        rate_button.click(
+            on_rate, [conversation_state, rated_message, rating_value, rating_comment], [chatbot, status],
+            api_name="rate",
+        ).then(**marks_after)
+        save_comment.click(
+            on_comment, [conversation_state, rated_message, rating_comment], [chatbot, status], api_name="comment"
+        ).then(**marks_after)
         stop_button.click(on_stop, [conversation_state], [status, *buttons], api_name="stop",
                           show_progress="hidden")
         undo_button.click(on_undo, [conversation_state, search], [chatbot, status, chat_list, conversation_state],
-                          api_name="undo")
+                          api_name="undo").then(**marks_after)
         rename_button.click(
             on_rename, [conversation_state, rename_box, search], [status, chat_list, rename_box], api_name="rename"
         )
@@ -535,8 +689,14 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         confirm_delete.click(
             on_delete, [conversation_state, search], [chatbot, conversation_state, confirm_row, status, chat_list],
             api_name="delete",
-        )
+        ).then(**marks_after)
         export_json.click(exporter("json", False), [conversation_state], [export_file, status], api_name="export_json")
         export_md.click(exporter("md", False), [conversation_state], [export_file, status], api_name="export_markdown")
         export_all.click(exporter("jsonl", True), [conversation_state], [export_file, status], api_name="export_all")
+        export_prefs.click(
+            exporter("preferences", True), [conversation_state], [export_file, status], api_name="export_preferences"
+        )
+        # a comment box left open belongs to the chat it was opened in
+        for opened in (chat_list.input, new_chat_button.click):
+            opened(lambda: gr.update(visible=False), None, rating_row, api_name=False, queue=False)
     return demo

@@ -29,10 +29,20 @@ def run_migrations_offline() -> None:
 
 
 def do_run_migrations(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Batch mode copies a table and drops the old one; with foreign keys on, that drop
+        # would cascade into rows that reference it (messages.parent_id references messages
+        # itself). SQLite ignores this pragma inside a transaction, so it is set before one.
+        connection.connection.dbapi_connection.cursor().execute("PRAGMA foreign_keys=OFF")
     # render_as_batch: SQLite can only ALTER a table by copying it; batch mode does that.
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
+        if sqlite:
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"the migration left {len(broken)} broken reference(s), e.g. {broken[0]}")
 
 
 async def run_async_migrations() -> None:

@@ -28,6 +28,7 @@ USERNAME_MAX = 64
 TITLE_MAX = 200
 MODEL_NAME_MAX = 200
 SESSION_HASH_LENGTH = 64  # hex SHA-256
+RATING_COMMENT_MAX = 200
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -110,8 +111,19 @@ class Conversation(Base):
 
 
 class Message(Base):
+    """One message, a node of its conversation's tree.
+
+    ``seq`` is the order of storing (unique per chat), not the position on screen:
+    the chat on screen is the path from a root (``parent_id`` None) following the
+    ``active`` child at each step. Siblings (same parent) are the versions of a turn:
+    a Retry adds a sibling reply, an edit a sibling user message.
+    """
+
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),)
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
+        Index("ix_messages_parent", "parent_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     conversation_id: Mapped[str] = mapped_column(
@@ -128,5 +140,25 @@ class Message(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE", name="fk_messages_parent_id_messages"), nullable=True
+    )
+    # the version shown among its siblings (exactly one per parent, see storage/tree.py)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class Rating(Base):
+    """A tester's judgment of one reply version: up (+1) or down (-1), with an optional short comment."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (UniqueConstraint("message_id", "user_id", name="uq_ratings_message_user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    value: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(String(RATING_COMMENT_MAX), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

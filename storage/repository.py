@@ -26,15 +26,18 @@ from storage.database import Database
 from storage.errors import Conflict, InvalidInput, NotFound, SearchTooSlow
 from storage.models import (
     MODEL_NAME_MAX,
+    RATING_COMMENT_MAX,
     TITLE_MAX,
     USERNAME_MAX,
     Conversation,
     LoginSession,
     Message,
+    Rating,
     User,
     utcnow,
 )
 from storage.tokens import pack_token_ids, unpack_token_ids
+from storage.tree import branch, children_of, subtree_ids
 
 ROLES = ("system", "user", "assistant")
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
@@ -44,6 +47,9 @@ INT32_MAX = 2**31 - 1  # the counts are INTEGER columns
 SEARCH_MAX_CHARS = 100
 SEARCH_TIMEOUT_SECONDS = 2.0
 SQLITE_PROGRESS_STEPS = 1_000  # VM steps between deadline checks (a LIKE over a long text is one step)
+RATING_VALUES = {"up": 1, "down": -1}
+RATING_NAMES = {value: name for name, value in RATING_VALUES.items()}
+LEAF = -1  # append_messages(parent_id=LEAF): after the last message of the branch on screen
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,17 @@ class UserRecord:
     password_hash: str
     is_admin: bool
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class RatingRecord:
+    """One user's judgment of one reply version: ``value`` is "up" or "down"."""
+
+    username: str
+    value: str
+    comment: str | None
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,21 @@ class MessageRecord:
     created_at: datetime
     # kept in the local journal, not yet in the database (see storage/journal.py)
     pending: bool = False
+    parent_id: int | None = None
+    active: bool = True
+    # the ids of this turn's versions (siblings, itself included) in storing order; () = only one
+    versions: tuple[int, ...] = ()
+    rating: RatingRecord | None = None  # the chat owner's rating
+    ratings: tuple[RatingRecord, ...] = ()  # everyone's (for exports)
+
+    @property
+    def version(self) -> int:
+        """1-based position among the versions (1 when there is only one)."""
+        return self.versions.index(self.id) + 1 if self.id in self.versions else 1
+
+    @property
+    def version_count(self) -> int:
+        return max(1, len(self.versions))
 
 
 @dataclass(frozen=True)
@@ -91,11 +123,27 @@ class ConversationRecord:
     model: str
     created_at: datetime
     updated_at: datetime
+    # the branch on screen, root to leaf
     messages: list[MessageRecord] = field(default_factory=list)
+    # every message of every branch, in storing order (empty: same as ``messages``)
+    tree: list[MessageRecord] = field(default_factory=list)
+
+    def all_messages(self) -> list[MessageRecord]:
+        return self.tree or self.messages
 
     def token_history(self) -> list[int]:
-        """All stored ids in order: exactly what the model saw so far."""
+        """All stored ids along the branch on screen: exactly what the model saw so far."""
         return [token for message in self.messages for token in message.token_ids]
+
+
+@dataclass(frozen=True)
+class ImportedNode:
+    """Where an imported message sits in its tree (by seq) and who rated it."""
+
+    seq: int
+    parent_seq: int | None
+    active: bool
+    ratings: tuple[RatingRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,7 +236,28 @@ def _user_record(user: User) -> UserRecord:
     return UserRecord(user.id, user.username, user.password_hash, user.is_admin, user.created_at)
 
 
-def _message_record(message: Message) -> MessageRecord:
+def _rating_record(rating: Rating, username: str) -> RatingRecord:
+    return RatingRecord(
+        username, RATING_NAMES.get(rating.value, "up"), rating.comment, rating.created_at, rating.updated_at
+    )
+
+
+def check_rating(value: str, comment: str | None) -> tuple[int, str | None]:
+    if value not in RATING_VALUES:
+        raise InvalidInput(f"a rating is 'up' or 'down', not {value!r}")
+    if comment is not None:
+        comment = check_text(comment, "comment").strip() or None
+    if comment is not None and len(comment) > RATING_COMMENT_MAX:
+        raise InvalidInput(f"the comment is {len(comment)} characters long; at most {RATING_COMMENT_MAX} allowed")
+    return RATING_VALUES[value], comment
+
+
+def _message_record(
+    message: Message,
+    versions: tuple[int, ...] = (),
+    ratings: tuple[RatingRecord, ...] = (),
+    owner: str | None = None,
+) -> MessageRecord:
     return MessageRecord(
         id=message.id,
         seq=message.seq,
@@ -201,6 +270,11 @@ def _message_record(message: Message) -> MessageRecord:
         completion_tokens=message.completion_tokens,
         latency_ms=message.latency_ms,
         created_at=message.created_at,
+        parent_id=message.parent_id,
+        active=bool(message.active),
+        versions=versions if len(versions) > 1 else (),
+        rating=next((r for r in ratings if r.username == owner), None),
+        ratings=ratings,
     )
 
 
@@ -386,12 +460,33 @@ class Repository:
     async def _load_full(
         self, session: AsyncSession, conversation: Conversation
     ) -> ConversationRecord:
-        messages = await session.scalars(
-            select(Message)
-            .where(Message.conversation_id == conversation.id)
-            .order_by(Message.seq)
+        rows = list(
+            await session.scalars(
+                select(Message).where(Message.conversation_id == conversation.id).order_by(Message.seq)
+            )
         )
         username = await session.scalar(select(User.username).where(User.id == conversation.user_id))
+        ratings: dict[int, list[RatingRecord]] = {}
+        if rows:
+            found = await session.execute(
+                select(Rating, User.username)
+                .join(User, User.id == Rating.user_id)
+                .join(Message, Message.id == Rating.message_id)
+                .where(Message.conversation_id == conversation.id)
+                .order_by(Rating.id)
+            )
+            for rating, rater in found:
+                ratings.setdefault(rating.message_id, []).append(_rating_record(rating, rater))
+        siblings = children_of(rows)
+        records = [
+            _message_record(
+                row,
+                tuple(m.id for m in siblings[row.parent_id]),
+                tuple(ratings.get(row.id, ())),
+                username,
+            )
+            for row in rows
+        ]
         return ConversationRecord(
             id=conversation.id,
             user_id=conversation.user_id,
@@ -400,7 +495,8 @@ class Repository:
             model=conversation.model,
             created_at=conversation.created_at,
             updated_at=conversation.updated_at,
-            messages=[_message_record(message) for message in messages],
+            messages=branch(records),
+            tree=records,
         )
 
     async def list_conversations(
@@ -463,34 +559,56 @@ class Repository:
     # ------------------------------------------------------------ messages
 
     async def append_message(
-        self, user_id: int, conversation_id: str, message: NewMessage
+        self, user_id: int, conversation_id: str, message: NewMessage, *, parent_id: int | None = LEAF
     ) -> MessageRecord:
-        """Append at the next sequence number; concurrent appends queue, none is lost."""
-        return (await self.append_messages(user_id, conversation_id, [message]))[0]
+        """Append at the end of the branch on screen (or below ``parent_id``); concurrent appends queue."""
+        return (await self.append_messages(user_id, conversation_id, [message], parent_id=parent_id))[0]
 
     async def append_messages(
-        self, user_id: int, conversation_id: str, messages: Sequence[NewMessage]
+        self, user_id: int, conversation_id: str, messages: Sequence[NewMessage], *, parent_id: int | None = LEAF
     ) -> list[MessageRecord]:
-        """Append several messages in one transaction (all or none)."""
+        """Append a chain of messages in one transaction (all or none).
+
+        ``parent_id``: the message the first one answers or follows (``LEAF``: the last
+        message of the branch on screen; ``None``: a new root, i.e. a new version of
+        the chat's first message). The first new message becomes the shown version
+        among its siblings, so the branch on screen ends with the new messages.
+        """
         for message in messages:
             _check_message(message)
         async with self.database.writer() as session, session.begin():
             conversation = await self._owned(session, user_id, conversation_id, lock=True)
             if not messages:
                 return []
-            return await self._insert_after_last(session, conversation, messages)
+            nodes = await self._nodes(session, conversation.id)
+            if parent_id == LEAF:
+                path = branch(nodes)
+                parent_id = path[-1].id if path else None
+            elif parent_id is not None and not any(node.id == parent_id for node in nodes):
+                raise NotFound("message not found")
+            return await self._insert_chain(session, conversation, messages, parent_id, nodes)
 
-    async def _insert_after_last(
-        self, session: AsyncSession, conversation: Conversation, messages: Sequence[NewMessage]
-    ) -> list[MessageRecord]:
-        last = await session.scalar(select(func.max(Message.seq)).where(Message.conversation_id == conversation.id))
-        return await self._insert_at(session, conversation, messages, 0 if last is None else last + 1)
+    @staticmethod
+    async def _nodes(session: AsyncSession, conversation_id: str) -> list[Any]:
+        """The tree's shape (id, seq, parent_id, active) without the texts."""
+        rows = await session.execute(
+            select(Message.id, Message.seq, Message.parent_id, Message.active)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.seq)
+        )
+        return list(rows)
 
-    async def _insert_at(
-        self, session: AsyncSession, conversation: Conversation, messages: Sequence[NewMessage], first_seq: int
+    async def _insert_chain(
+        self,
+        session: AsyncSession,
+        conversation: Conversation,
+        messages: Sequence[NewMessage],
+        parent_id: int | None,
+        nodes: Sequence[Any],
     ) -> list[MessageRecord]:
+        first_seq = max((node.seq for node in nodes), default=-1) + 1
         now = utcnow()
-        rows = []
+        rows: list[Message] = []
         for seq, message in enumerate(messages, start=first_seq):
             row = Message(
                 conversation_id=conversation.id,
@@ -504,12 +622,30 @@ class Repository:
                 completion_tokens=message.completion_tokens,
                 latency_ms=message.latency_ms,
                 created_at=message.created_at or now,
+                parent_id=parent_id if not rows else None,
+                active=True,
             )
+            if rows:
+                await session.flush()
+                row.parent_id = rows[-1].id
             session.add(row)
             rows.append(row)
-        conversation.updated_at = max(now, *(row.created_at for row in rows))
         await session.flush()
-        return [_message_record(row) for row in rows]
+        await self._show_only(session, conversation.id, rows[0])
+        conversation.updated_at = max(now, *(row.created_at for row in rows))
+        siblings = (*(node.id for node in nodes if node.parent_id == parent_id), rows[0].id)
+        return [_message_record(row, siblings if index == 0 else ()) for index, row in enumerate(rows)]
+
+    @staticmethod
+    async def _show_only(session: AsyncSession, conversation_id: str, row: Any) -> None:
+        """Make ``row`` the shown version: it becomes active, its siblings inactive."""
+        same_parent = Message.parent_id.is_(None) if row.parent_id is None else Message.parent_id == row.parent_id
+        await session.execute(
+            update(Message)
+            .where(Message.conversation_id == conversation_id, same_parent)
+            .values(active=(Message.id == row.id))
+            .execution_options(synchronize_session=False)
+        )
 
     async def start_conversation(
         self, user_id: int, title: str, model: str, messages: Sequence[NewMessage]
@@ -531,7 +667,7 @@ class Repository:
             )
             session.add(conversation)
             await session.flush()
-            stored = await self._insert_at(session, conversation, messages, 0) if messages else []
+            stored = await self._insert_chain(session, conversation, messages, None, []) if messages else []
             return _summary(conversation, len(stored)), stored
 
     async def put_reply(
@@ -539,43 +675,107 @@ class Repository:
     ) -> MessageRecord:
         """Store a reply to the message at ``after_seq``: idempotent, so a replay never duplicates.
 
-        ``message.created_at`` is required and, with role and text, identifies the
-        reply: if it is already among the messages after ``after_seq`` (an earlier
-        attempt committed before its confirmation was lost) that row is returned.
-        ``replace`` (Retry) swaps the messages after ``after_seq`` for this one in
-        the same transaction, so the old reply stays until the new one is stored.
+        The reply becomes a child of that message and the shown version; earlier
+        replies to it (a Retry's old versions) stay as siblings, so the old reply is
+        kept whether or not the new one is ever stored. ``message.created_at`` is
+        required and, with role and text, identifies the reply: if it is already
+        among that message's children (an earlier attempt committed before its
+        confirmation was lost) that row is returned. ``replace`` is what the journal
+        recorded for a Retry; it no longer deletes anything.
         """
+        del replace
         if message.created_at is None:
             raise InvalidInput("a reply needs its created_at to be stored idempotently")
         _check_message(message)
         async with self.database.writer() as session, session.begin():
             conversation = await self._owned(session, user_id, conversation_id, lock=True)
-            later = list(
-                await session.scalars(
-                    select(Message)
-                    .where(Message.conversation_id == conversation.id, Message.seq > after_seq)
-                    .order_by(Message.seq)
-                )
+            parent = await session.scalar(
+                select(Message).where(Message.conversation_id == conversation.id, Message.seq == after_seq)
             )
-            for row in later:
+            if parent is None:
+                raise NotFound("the message this reply answers is gone")
+            nodes = await self._nodes(session, conversation.id)
+            for row in await session.scalars(select(Message).where(Message.parent_id == parent.id)):
                 if (row.role, row.content, row.created_at) == (message.role, message.content, message.created_at):
                     return _message_record(row)
-            if replace:
-                await session.execute(
-                    delete(Message).where(Message.conversation_id == conversation.id, Message.seq > after_seq)
-                )
-                return (await self._insert_at(session, conversation, [message], after_seq + 1))[0]
-            return (await self._insert_after_last(session, conversation, [message]))[0]
+            return (await self._insert_chain(session, conversation, [message], parent.id, nodes))[0]
 
     async def delete_messages_from(self, user_id: int, conversation_id: str, seq: int) -> int:
-        """Drop the messages at ``seq`` and after (undo, retry); returns how many went."""
+        """Drop the message at ``seq`` and everything below it (undo); returns how many went.
+
+        If it was the version on screen and it has other versions, the newest of
+        them is shown instead.
+        """
         async with self.database.writer() as session, session.begin():
             conversation = await self._owned(session, user_id, conversation_id, lock=True)
-            result = await session.execute(
-                delete(Message).where(Message.conversation_id == conversation.id, Message.seq >= seq)
-            )
+            nodes = await self._nodes(session, conversation.id)
+            target = next((node for node in nodes if node.seq == seq), None)
             conversation.updated_at = utcnow()
-            return int(result.rowcount or 0)
+            if target is None:
+                return 0
+            doomed = subtree_ids(nodes, target.id)
+            await session.execute(delete(Rating).where(Rating.message_id.in_(doomed)))
+            # children first: the self-referencing key must never point at a deleted row
+            by_depth = sorted(doomed, key=lambda node_id: -_depth(nodes, node_id))
+            for node_id in by_depth:
+                await session.execute(delete(Message).where(Message.id == node_id))
+            remaining = [node for node in nodes if node.parent_id == target.parent_id and node.id not in doomed]
+            if target.active and remaining:
+                await self._show_only(session, conversation.id, remaining[-1])
+            return len(doomed)
+
+    async def show_version(self, user_id: int, conversation_id: str, message_id: int) -> None:
+        """Put this version of its turn on screen (and, below it, the versions last shown there)."""
+        async with self.database.writer() as session, session.begin():
+            conversation = await self._owned(session, user_id, conversation_id, lock=True)
+            row = await self._message_in(session, conversation.id, message_id)
+            await self._show_only(session, conversation.id, row)
+
+    async def _message_in(self, session: AsyncSession, conversation_id: str, message_id: Any) -> Message:
+        if not isinstance(message_id, int) or isinstance(message_id, bool) or not 0 < message_id <= INT32_MAX:
+            raise NotFound("message not found")
+        row = await session.scalar(
+            select(Message).where(Message.id == message_id, Message.conversation_id == conversation_id)
+        )
+        if row is None:
+            raise NotFound("message not found")
+        return row
+
+    # ------------------------------------------------------------ ratings
+
+    async def set_rating(
+        self, user_id: int, conversation_id: str, message_id: int, value: str, comment: str | None = None
+    ) -> RatingRecord:
+        """Rate a reply of one's own chat ("up" / "down", optional comment); a second call changes it."""
+        number, comment = check_rating(value, comment)
+        async with self.database.writer() as session, session.begin():
+            conversation = await self._owned(session, user_id, conversation_id, lock=True)
+            row = await self._message_in(session, conversation.id, message_id)
+            if row.role != "assistant":
+                raise InvalidInput("only the model's replies can be rated")
+            rating = await session.scalar(
+                select(Rating).where(Rating.message_id == row.id, Rating.user_id == user_id)
+            )
+            now = utcnow()
+            if rating is None:
+                rating = Rating(message_id=row.id, user_id=user_id, value=number, comment=comment,
+                                created_at=now, updated_at=now)
+                session.add(rating)
+            else:
+                rating.value, rating.comment, rating.updated_at = number, comment, now
+            await session.flush()
+            username = await session.scalar(select(User.username).where(User.id == user_id))
+            return _rating_record(rating, username or "")
+
+    async def clear_rating(self, user_id: int, conversation_id: str, message_id: int) -> bool:
+        """Remove one's rating of a reply; False if there was none."""
+        async with self.database.writer() as session, session.begin():
+            conversation = await self._owned(session, user_id, conversation_id, lock=True)
+            row = await self._message_in(session, conversation.id, message_id)
+            result = await session.execute(
+                delete(Rating).where(Rating.message_id == row.id, Rating.user_id == user_id)
+            )
+            return bool(result.rowcount)
 
     async def import_conversation(
         self,
@@ -587,8 +787,14 @@ class Repository:
         created_at: datetime,
         updated_at: datetime,
         messages: Sequence[NewMessage],
+        tree: Sequence[ImportedNode] | None = None,
+        raters: dict[str, int] | None = None,
     ) -> None:
-        """Restore an exported conversation exactly (ids, times, token ids), all or nothing."""
+        """Restore an exported conversation exactly (ids, times, token ids, versions, ratings), all or nothing.
+
+        ``tree`` gives, per message, its seq, its parent's seq, whether it is shown
+        and its ratings; without it the messages form one branch in order.
+        """
         if not isinstance(conversation_id, str) or not 1 <= len(conversation_id) <= 36:
             raise InvalidInput("conversation id must be a string of 1-36 characters")
         check_text(conversation_id, "conversation id")
@@ -596,6 +802,21 @@ class Repository:
         model = check_text(model, "model name")[:MODEL_NAME_MAX]
         for message in messages:
             _check_message(message)
+        if tree is None:
+            tree = [ImportedNode(seq, seq - 1 if seq else None, True) for seq in range(len(messages))]
+        if len(tree) != len(messages):
+            raise InvalidInput("the tree does not describe every message")
+        seqs = [node.seq for node in tree]
+        if len(set(seqs)) != len(seqs) or not all(isinstance(seq, int) for seq in seqs):
+            raise InvalidInput("message seq numbers must be distinct whole numbers")
+        known = set(seqs)
+        for node in tree:
+            if node.parent_seq is not None and (node.parent_seq not in known or node.parent_seq >= node.seq):
+                raise InvalidInput(f"message {node.seq} names a parent ({node.parent_seq}) stored after it or absent")
+            for rating in node.ratings:
+                check_rating(rating.value, rating.comment)
+                if raters is None or rating.username not in raters:
+                    raise InvalidInput(f"rating by unknown user {rating.username!r}")
         packed = [pack_token_ids(message.token_ids) for message in messages]
         async with self.database.writer() as session, session.begin():
             if await session.get(User, user_id) is None:
@@ -613,22 +834,38 @@ class Repository:
                 )
             )
             await session.flush()
-            for seq, (message, blob) in enumerate(zip(messages, packed, strict=True)):
-                session.add(
-                    Message(
-                        conversation_id=conversation_id,
-                        seq=seq,
-                        role=message.role,
-                        content=message.content,
-                        token_ids=blob,
-                        params=message.params,
-                        finish_reason=message.finish_reason,
-                        prompt_tokens=message.prompt_tokens,
-                        completion_tokens=message.completion_tokens,
-                        latency_ms=message.latency_ms,
-                        created_at=message.created_at or created_at,
-                    )
+            ids: dict[int, int] = {}
+            for node, message, blob in sorted(zip(tree, messages, packed, strict=True), key=lambda t: t[0].seq):
+                row = Message(
+                    conversation_id=conversation_id,
+                    seq=node.seq,
+                    role=message.role,
+                    content=message.content,
+                    token_ids=blob,
+                    params=message.params,
+                    finish_reason=message.finish_reason,
+                    prompt_tokens=message.prompt_tokens,
+                    completion_tokens=message.completion_tokens,
+                    latency_ms=message.latency_ms,
+                    created_at=message.created_at or created_at,
+                    parent_id=None if node.parent_seq is None else ids[node.parent_seq],
+                    active=node.active,
                 )
+                session.add(row)
+                await session.flush()
+                ids[node.seq] = row.id
+                for rating in node.ratings:
+                    assert raters is not None
+                    session.add(
+                        Rating(
+                            message_id=row.id,
+                            user_id=raters[rating.username],
+                            value=RATING_VALUES[rating.value],
+                            comment=rating.comment,
+                            created_at=rating.created_at,
+                            updated_at=rating.updated_at,
+                        )
+                    )
 
     # ------------------------------------------------------------ export
 
@@ -657,6 +894,14 @@ class Repository:
                     conversation = await session.get(Conversation, cid)
                     if conversation is not None:  # deleted since the id list was read
                         yield await self._load_full(session, conversation)
+
+
+def _depth(nodes: Sequence[Any], node_id: int) -> int:
+    parents = {node.id: node.parent_id for node in nodes}
+    depth, current = 0, parents.get(node_id)
+    while current is not None and depth <= len(parents):
+        depth, current = depth + 1, parents.get(current)
+    return depth
 
 
 def check_search(search: str) -> str:

@@ -56,15 +56,18 @@ async def test_replies_replay_in_order_and_a_torn_last_line_is_skipped(repositor
         assert [m.content for m in (await repository.get_conversation(user.id, chat_id)).messages] == expected
 
 
-async def test_a_retry_replaces_the_old_reply_only_when_stored_and_only_once(repository, make_user):
+async def test_a_retry_adds_a_version_keeps_the_old_one_and_is_stored_only_once(repository, make_user):
     user, chat, user_seq = await a_chat(repository, make_user)
     old = await repository.put_reply(user.id, chat, reply("old reply"), after_seq=user_seq)
     new = reply("new reply")
-    for _ in range(2):  # the second time is a replay of the same write
-        stored = await repository.put_reply(user.id, chat, new, after_seq=user_seq, replace=True)
-        assert stored.seq == old.seq
-    messages = (await repository.get_conversation(user.id, chat)).messages
-    assert [(m.role, m.content) for m in messages] == [("user", "hello"), ("assistant", "new reply")]
+    first = await repository.put_reply(user.id, chat, new, after_seq=user_seq, replace=True)
+    again = await repository.put_reply(user.id, chat, new, after_seq=user_seq, replace=True)  # a replay
+    assert again.id == first.id and again.seq == first.seq
+    conversation = await repository.get_conversation(user.id, chat)
+    assert [(m.role, m.content) for m in conversation.messages] == [("user", "hello"), ("assistant", "new reply")]
+    assert [m.content for m in conversation.tree] == ["hello", "old reply", "new reply"]
+    assert conversation.messages[-1].versions == (old.id, first.id)
+    assert conversation.messages[-1].version == 2
 
 
 async def test_a_pending_reply_of_a_deleted_chat_is_dropped(repository, make_user, tmp_path):

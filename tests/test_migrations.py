@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
+from random import Random
 
+import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -13,10 +17,11 @@ from sqlalchemy import inspect, text
 from app.config import sqlite_url
 from app.migrate import alembic_config, downgrade, upgrade
 from storage.database import BUSY_TIMEOUT_MS, Database, create_engine
-from storage.models import Base, utcnow
+from storage.models import Base, UTCDateTime, utcnow
 from storage.repository import NewMessage, Repository
+from storage.tokens import pack_token_ids, unpack_token_ids
 
-APP_TABLES = {"users", "conversations", "messages", "login_sessions"}
+APP_TABLES = {"users", "conversations", "messages", "login_sessions", "ratings"}
 
 
 async def schema(url: str) -> tuple[set[str], list[str]]:
@@ -75,29 +80,177 @@ async def test_upgrade_downgrade_upgrade(database_url):
         await database.dispose()
 
 
-async def test_login_sessions_upgrade_a_populated_database_without_loss(database_url):
-    """0001 -> head on a database with chats: nothing lost, and logins work afterwards."""
-    await asyncio.to_thread(upgrade, database_url, "0001")
+# The tables as revisions 0001/0002 have them, typed like the app writes them (times, JSON, blobs),
+# so the old database is filled exactly as the old code would have filled it.
+OLD_USERS = sa.table(
+    "users", sa.column("id", sa.Integer), sa.column("username", sa.String), sa.column("password_hash", sa.String),
+    sa.column("is_admin", sa.Boolean), sa.column("created_at", UTCDateTime),
+)
+OLD_CONVERSATIONS = sa.table(
+    "conversations", sa.column("id", sa.String), sa.column("user_id", sa.Integer), sa.column("title", sa.String),
+    sa.column("model", sa.String), sa.column("created_at", UTCDateTime), sa.column("updated_at", UTCDateTime),
+)
+MESSAGE_COLUMNS = ("id", "conversation_id", "seq", "role", "content", "token_ids", "params", "finish_reason",
+                   "prompt_tokens", "completion_tokens", "latency_ms", "created_at")
+OLD_MESSAGES = sa.table(
+    "messages", sa.column("id", sa.Integer), sa.column("conversation_id", sa.String), sa.column("seq", sa.Integer),
+    sa.column("role", sa.String), sa.column("content", sa.Text), sa.column("token_ids", sa.LargeBinary),
+    sa.column("params", sa.JSON), sa.column("finish_reason", sa.String), sa.column("prompt_tokens", sa.Integer),
+    sa.column("completion_tokens", sa.Integer), sa.column("latency_ms", sa.Integer),
+    sa.column("created_at", UTCDateTime),
+)
+FINISHES = ["eos", "length", "stopped", "disconnected", "error", "shutdown", "eos", "stopped"]
+
+
+async def fill_old_database(url: str, chats: int) -> None:
+    """Chats as the old code stored them: system prompts, several turns, stopped, failed and
+    interrupted replies (a chat ending with a user message), token ids past 2**16, unicode."""
+    random = Random(10)
+    engine = create_engine(url)
+    start = utcnow() - timedelta(days=30)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(sa.insert(OLD_USERS), [
+                {"id": n, "username": f"user{n}", "password_hash": "h", "is_admin": n == 1,
+                 "created_at": start} for n in (1, 2, 3)
+            ])
+            for index in range(chats):
+                chat_id = str(uuid.UUID(int=index + 1))
+                when = start + timedelta(hours=index, microseconds=index * 7)
+                await connection.execute(sa.insert(OLD_CONVERSATIONS), [{
+                    "id": chat_id, "user_id": 1 + index % 3, "title": f"chat {index} ✓", "model": "smollm2",
+                    "created_at": when, "updated_at": when + timedelta(minutes=5),
+                }])
+                rows = []
+                if index % 2 == 0:
+                    rows.append(("system", f"You are terse #{index}.", None, None))
+                turns = 1 + index % 4
+                for turn in range(turns):
+                    params = {"temperature": round(random.random(), 2), "top_p": 0.9, "max_new_tokens": 64,
+                              "seed": None}
+                    rows.append(("user", f"question {turn} of chat {index} — ü 中文", params, None))
+                    last = turn == turns - 1
+                    if last and index % 5 == 4:
+                        break  # interrupted: the server died before the reply was stored
+                    reply_params = {**params, "time_to_first_token_ms": random.randint(10, 900)}
+                    finish = FINISHES[(index + turn) % len(FINISHES)]
+                    rows.append(("assistant", f"answer {turn}\n\n```py\nprint({turn})\n```", reply_params, finish))
+                if index % 7 == 3 and rows[-1][0] == "assistant":
+                    # a reply lost to a crash, closed by the next message as send() stores it
+                    asked = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 3}
+                    rows += [("user", "lost question", asked, None), ("assistant", "", None, "interrupted"),
+                             ("user", "asked again", asked, None), ("assistant", "fine", asked, "eos")]
+                values = []
+                for seq, (role, content, params, finish) in enumerate(rows):
+                    ids = [random.randrange(0, 70_000) for _ in range(random.randint(0, 40))]
+                    values.append({
+                        "conversation_id": chat_id, "seq": seq, "role": role, "content": content,
+                        "token_ids": pack_token_ids(ids), "params": params, "finish_reason": finish,
+                        "prompt_tokens": random.randint(1, 4000) if role == "assistant" else None,
+                        "completion_tokens": len(ids) if role == "assistant" else None,
+                        "latency_ms": random.randint(1, 90_000) if role == "assistant" else None,
+                        "created_at": when + timedelta(seconds=seq, microseconds=seq * 13),
+                    })
+                await connection.execute(sa.insert(OLD_MESSAGES), values)
+    finally:
+        await engine.dispose()
+
+
+async def old_rows(url: str) -> tuple[list, list, list]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            users = (await connection.execute(sa.select(OLD_USERS).order_by(OLD_USERS.c.id))).all()
+            chats = (await connection.execute(sa.select(OLD_CONVERSATIONS).order_by(OLD_CONVERSATIONS.c.id))).all()
+            messages = (await connection.execute(
+                sa.select(OLD_MESSAGES).order_by(OLD_MESSAGES.c.conversation_id, OLD_MESSAGES.c.seq)
+            )).all()
+    finally:
+        await engine.dispose()
+    return [tuple(r) for r in users], [tuple(r) for r in chats], [tuple(r) for r in messages]
+
+
+MIGRATION_CHATS = 40
+
+
+async def test_the_tree_upgrade_keeps_every_field_of_every_chat(database_url):
+    """0002 -> head on a populated database: each chat becomes one branch, nothing else changes."""
+    await asyncio.to_thread(upgrade, database_url, "0002")
+    await fill_old_database(database_url, MIGRATION_CHATS)
+    users, chats, messages = await old_rows(database_url)
+    assert len(chats) == MIGRATION_CHATS and len(messages) > 150
+
+    await asyncio.to_thread(upgrade, database_url)
+    assert await model_differences(database_url) == []
+    assert await old_rows(database_url) == (users, chats, messages)  # every old field, byte for byte
+
     database = Database(database_url)
     try:
         repository = Repository(database)
-        user = await repository.create_user("alice", "hash")
-        chat = await repository.create_conversation(user.id, "before the upgrade", "m")
-        await repository.append_message(user.id, chat.id, NewMessage("user", "kept", [5, 6]))
-        before = await repository.get_conversation(user.id, chat.id)
-        await database.dispose()
+        by_chat: dict[str, list] = {}
+        for row in messages:
+            by_chat.setdefault(row[1], []).append(dict(zip(MESSAGE_COLUMNS, row, strict=True)))
+        compared = 0
+        for chat in chats:
+            conversation = await repository.get_conversation(chat[1], chat[0])
+            old = sorted(by_chat.get(chat[0], []), key=lambda m: m["seq"])
+            assert conversation.tree == conversation.messages  # a single branch: every message on screen
+            assert [m.seq for m in conversation.messages] == [m["seq"] for m in old]
+            for before, after, previous in zip(old, conversation.messages, [None, *conversation.messages],
+                                               strict=False):
+                assert after.parent_id == (previous.id if previous else None)
+                assert after.active and after.versions == () and after.rating is None
+                for column in MESSAGE_COLUMNS[2:]:
+                    expected = unpack_token_ids(before[column]) if column == "token_ids" else before[column]
+                    assert getattr(after, column) == expected, (chat[0], before["seq"], column)
+                assert after.id == before["id"]
+                compared += 1
+            assert conversation.token_history() == [t for m in old for t in unpack_token_ids(m["token_ids"])]
+            kept = (conversation.title, conversation.model, conversation.created_at, conversation.updated_at)
+            assert kept == chat[2:]
+        assert compared == len(messages)
+        dialect = database.engine.dialect.name
+        print(f"\nmigration 0002->0003 ({dialect}): {len(chats)} chats, {compared} messages compared")
 
-        await asyncio.to_thread(upgrade, database_url)
-        assert await model_differences(database_url) == []
-        database = Database(database_url)
-        repository = Repository(database)
-        assert await repository.get_conversation(user.id, chat.id) == before
-        expires = utcnow() + timedelta(days=1)
-        await repository.create_login_session(user.id, "a" * 64, expires)
-        found, _created, _expires = await repository.login_session_user("a" * 64, utcnow())
-        assert found.id == user.id
+        # the upgraded chats keep growing as trees: a retry adds a version, old ones stay
+        chat = chats[1]
+        conversation = await repository.get_conversation(chat[1], chat[0])
+        user_message = [m for m in conversation.messages if m.role == "user"][-1]
+        reply = NewMessage("assistant", "a second version", [7, 8], created_at=utcnow())
+        await repository.put_reply(chat[1], chat[0], reply, after_seq=user_message.seq)
+        after = await repository.get_conversation(chat[1], chat[0])
+        assert after.messages[-1].content == "a second version" and after.messages[-1].version_count == 2
+        assert len(after.tree) == len(conversation.tree) + 1
     finally:
         await database.dispose()
+
+    # with a second version stored, a downgrade would lose it: it refuses and changes nothing
+    with pytest.raises(Exception, match="Refusing to downgrade below 0003"):
+        await asyncio.to_thread(downgrade, database_url, "0002")
+    assert (await schema(database_url))[1] == ["0003"]
+
+
+async def test_login_sessions_upgrade_a_populated_database_without_loss(database_url):
+    """0001 -> head on a database with chats: nothing lost, and logins work afterwards."""
+    await asyncio.to_thread(upgrade, database_url, "0001")
+    await fill_old_database(database_url, 3)
+    before = await old_rows(database_url)
+    await asyncio.to_thread(upgrade, database_url)
+    assert await model_differences(database_url) == []
+    assert await old_rows(database_url) == before
+    database = Database(database_url)
+    try:
+        repository = Repository(database)
+        expires = utcnow() + timedelta(days=1)
+        await repository.create_login_session(1, "a" * 64, expires)
+        found, _created, _expires = await repository.login_session_user("a" * 64, utcnow())
+        assert found.id == 1
+    finally:
+        await database.dispose()
+
+    # nothing branched and nothing rated yet: a downgrade to 0002 works and keeps the chats
+    await asyncio.to_thread(downgrade, database_url, "0002")
+    assert await old_rows(database_url) == before
 
 
 async def test_models_and_migrations_agree_on_indexes_and_constraints(database_url):

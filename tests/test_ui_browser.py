@@ -44,7 +44,8 @@ from tests.support import PYTHON, ROOT, add_user, build_tiny_llama, running_serv
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed (apt-get install chromium)")
 
 PASSWORD = "browser-password"
-USERS = ("tester", "keys", "themes", "stopper", "switcher", "searcher", "renderer", "settler", "phone", "pager")
+USERS = ("tester", "keys", "themes", "stopper", "switcher", "searcher", "renderer", "settler", "phone", "pager",
+         "versions")
 
 
 @pytest.fixture(scope="module")
@@ -510,3 +511,61 @@ def test_the_chat_list_reaches_every_chat(server, pages):
     assert "old chat 000" in oldest.inner_text() and "2025" in oldest.inner_text()
     oldest.click()
     wait_for(lambda: "message 0" in page.locator(USER_BUBBLES).first.inner_text(), timeout=10)
+
+
+def test_versions_edits_and_ratings_survive_a_reload(server, pages):
+    """Retry, switch between the versions, edit the question, rate a reply with a comment, reload."""
+    page = pages()
+    log_in(page, server.url, "versions", PASSWORD)
+    set_max_new_tokens(page, 12)
+    send_with_enter(page, "first question")
+    first = wait_until_settled(page)
+    conversation_id = wait_for(lambda: conversation_in_address(page))
+
+    page.locator("#retry").click()
+    wait_for(lambda: "2 / 2" in last_reply(page), timeout=60)
+    second = wait_until_settled(page)
+    assert plain(second.split("tokens")[0]) != plain(first.split("tokens")[0])
+    page.locator("#chat a.version-prev").last.click()  # ‹ : back to the first version
+    wait_for(lambda: "1 / 2" in last_reply(page), timeout=30)
+    assert plain(last_reply(page).split("‹")[0]) == plain(first)
+    assert stored(server, "versions", conversation_id).messages[1].version == 1
+    page.screenshot(path=ARTIFACTS / "versions-1-switched.png")
+
+    # edit the question in its bubble: a new version of it with its own reply
+    page.locator(USER_BUBBLES).first.hover()
+    page.locator("#chat button[aria-label='Edit']").first.click()
+    editor = page.locator("#chat textarea").first
+    editor.fill("edited question")
+    page.locator("#chat button[aria-label='Submit']").first.click()
+    wait_for(lambda: "edited question" in page.locator(USER_BUBBLES).first.inner_text(), timeout=30)
+    wait_for(lambda: "your message:" in last_reply(page) and "2 / 2" in last_reply(page), timeout=60)
+    edited_reply = wait_until_settled(page)
+    conversation = stored(server, "versions", conversation_id)
+    assert conversation.messages[0].content == "edited question" and len(conversation.tree) == 5
+
+    # rate the reply on screen, with a comment
+    page.locator("#chat button[aria-label='Like']").last.click()
+    page.locator("#rating-comment textarea, #rating-comment input").first.wait_for(timeout=15_000)
+    wait_for(lambda: "Rated 👍" in page.locator("#status").inner_text(), timeout=15)
+    page.locator("#rating-comment textarea, #rating-comment input").first.fill("too short")
+    page.locator("#save-comment").click()
+    wait_for(lambda: "Comment saved." in page.locator("#status").inner_text(), timeout=15)
+    rating = stored(server, "versions", conversation_id).messages[1].rating
+    assert (rating.value, rating.comment) == ("up", "too short")
+    page.screenshot(path=ARTIFACTS / "versions-2-rated.png")
+
+    page.reload()
+    wait_until_loaded(page)
+    wait_for(lambda: "too short" in last_reply(page), timeout=30)
+    reply = last_reply(page)
+    assert "your message:" in reply and "2 / 2" in reply and plain(edited_reply.split("💬")[0]) in plain(reply)
+    liked = page.locator("#chat button[aria-label='Liked']")
+    wait_for(lambda: liked.count() == 1, timeout=15)  # the thumb shows the stored rating
+    assert "edited question" in page.locator(USER_BUBBLES).first.inner_text()
+    # the question's first version is one click away, with its own (first) reply
+    page.locator("#chat .user-versions a.version-prev").last.click()
+    wait_for(lambda: "first question" in page.locator(USER_BUBBLES).first.inner_text(), timeout=30)
+    assert "1 / 2" in last_reply(page)
+    wait_for(lambda: liked.count() == 0, timeout=15)  # that reply is not rated
+    page.screenshot(path=ARTIFACTS / "versions-3-reloaded.png")
