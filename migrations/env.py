@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from app.config import Settings
 from storage.database import create_engine
 from storage.models import Base
+from storage.search_index import include_object
 
 config = context.config
 target_metadata = Base.metadata
@@ -23,14 +24,19 @@ def database_url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=database_url(), target_metadata=target_metadata, render_as_batch=True)
+    context.configure(
+        url=database_url(), target_metadata=target_metadata, render_as_batch=True, include_object=include_object
+    )
     with context.begin_transaction():
         context.run_migrations()
 
 
 def do_run_migrations(connection: Connection) -> None:
     # render_as_batch: SQLite can only ALTER a table by copying it; batch mode does that.
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    # include_object: the search index (FTS5 tables, a GIN index) is made by raw SQL, not by the models
+    context.configure(
+        connection=connection, target_metadata=target_metadata, render_as_batch=True, include_object=include_object
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy import ColumnElement, delete, func, literal_column, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from storage.database import Database
 from storage.errors import Conflict, InvalidInput, NotFound, SearchTooSlow
@@ -34,6 +35,7 @@ from storage.models import (
     User,
     utcnow,
 )
+from storage.search_index import FTS_TABLE, MIN_INDEXED_CHARS, IndexKind, find_index, fts_phrase
 from storage.tokens import pack_token_ids, unpack_token_ids
 
 ROLES = ("system", "user", "assistant")
@@ -220,6 +222,7 @@ class Repository:
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._index_kind: IndexKind | None | Literal["unknown"] = "unknown"
 
     # ------------------------------------------------------------ users
 
@@ -422,17 +425,11 @@ class Repository:
         )
         query = select(Conversation, message_count).where(Conversation.user_id == user_id)
         searching = bool(search and search.strip())
-        if searching:
-            assert search is not None
-            pattern = "%" + _escape_like(check_search(search)) + "%"
-            matching_message = (
-                select(Message.id)
-                .where(Message.conversation_id == Conversation.id, Message.content.ilike(pattern, escape="\\"))
-                .exists()
-            )
-            query = query.where(or_(Conversation.title.ilike(pattern, escape="\\"), matching_message))
-        query = query.order_by(Conversation.updated_at.desc(), Conversation.id).limit(limit).offset(offset)
+        words = check_search(search) if searching and search is not None else ""
         async with self.database.reader() as session:
+            if searching:
+                query = query.where(await self._search_condition(session, user_id, words))
+            query = query.order_by(Conversation.updated_at.desc(), Conversation.id).limit(limit).offset(offset)
             if not searching:
                 rows = await session.execute(query)
                 return [_summary(conversation, count) for conversation, count in rows]
@@ -447,6 +444,44 @@ class Repository:
                         "try more specific words."
                     ) from None
                 raise
+
+    async def _search_index(self, session: AsyncSession) -> IndexKind | None:
+        """The text index of this database, looked up once (it comes with a migration)."""
+        if self._index_kind == "unknown":
+            self._index_kind = await find_index(session)
+        return self._index_kind
+
+    async def _search_condition(self, session: AsyncSession, user_id: int, words: str) -> ColumnElement[bool]:
+        """Title or some message of this user's chat contains ``words`` (case-insensitive).
+
+        With a text index and 3+ characters the messages come from the index; otherwise
+        each of the user's chats is probed for a matching message. Either way only this
+        user's conversations are joined, so another user's rows are never returned.
+        """
+        pattern = "%" + _escape_like(words) + "%"
+        in_title = Conversation.title.ilike(pattern, escape="\\")
+        index = await self._search_index(session) if len(words) >= MIN_INDEXED_CHARS else None
+        if index is None:
+            matching_message = (
+                select(Message.id)
+                .where(Message.conversation_id == Conversation.id, Message.content.ilike(pattern, escape="\\"))
+                .exists()
+            )
+            return or_(in_title, matching_message)
+        owned = aliased(Conversation)
+        if index == "fts5":
+            hits = select(literal_column("rowid")).select_from(text(FTS_TABLE)).where(
+                text(f"{FTS_TABLE} MATCH :fts_words").bindparams(fts_words=fts_phrase(words))
+            )
+            found = Message.id.in_(hits)
+        else:
+            found = Message.content.ilike(pattern, escape="\\")
+        matching = (
+            select(Message.conversation_id)
+            .join(owned, owned.id == Message.conversation_id)
+            .where(owned.user_id == user_id, found)
+        )
+        return or_(in_title, Conversation.id.in_(matching))
 
     async def rename_conversation(self, user_id: int, conversation_id: str, title: str) -> None:
         title = check_title(title)

@@ -15,6 +15,7 @@ from app.migrate import alembic_config, downgrade, upgrade
 from storage.database import BUSY_TIMEOUT_MS, Database, create_engine
 from storage.models import Base, utcnow
 from storage.repository import NewMessage, Repository
+from storage.search_index import include_object, is_index_table
 
 APP_TABLES = {"users", "conversations", "messages", "login_sessions"}
 
@@ -24,7 +25,9 @@ async def schema(url: str) -> tuple[set[str], list[str]]:
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:
-            tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+            tables = await connection.run_sync(
+                lambda sync: {name for name in inspect(sync).get_table_names() if not is_index_table(name)}
+            )
             versions = []
             if "alembic_version" in tables:
                 versions = list((await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars())
@@ -38,7 +41,9 @@ async def model_differences(url: str) -> list:
     try:
         async with engine.connect() as connection:
             return await connection.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+                lambda sync: compare_metadata(
+                    MigrationContext.configure(sync, opts={"include_object": include_object}), Base.metadata
+                )
             )
     finally:
         await engine.dispose()
