@@ -220,7 +220,7 @@ def build_auth_router(
             return RedirectResponse("/login?next=/account", status_code=303)
         try:
             form = await read_form(request)
-            check_password_strength(form.get("new", ""))
+            check_password_strength(form.get("new", ""), login.user.username)
             if await check_credentials(login.user.username, form.get("current", ""), address) is None:
                 return page("Account", account_body(login, "The current password is not right."), 400)
             new_hash = await guard.hash_in_turn(hash_password, form["new"])
@@ -261,7 +261,7 @@ def build_auth_router(
             try:
                 form = await read_form(request)
                 username, password = form.get("username", ""), form.get("password", "")
-                check_password_strength(password)
+                check_password_strength(password, username)
                 password_hash = await guard.hash_in_turn(hash_password, password)
                 await repository().create_user(username, str(password_hash))
             except FormTooLarge:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -152,13 +153,19 @@ def check_title(title: str) -> str:
 
 
 def check_username(username: str) -> str:
-    username = check_text(username, "username").strip()
+    """The name as stored: NFKC-normalised (fullwidth letters become plain ones), then checked."""
+    username = unicodedata.normalize("NFKC", check_text(username, "username")).strip()
     if not 1 <= len(username) <= USERNAME_MAX or not USERNAME_PATTERN.match(username):
         raise InvalidInput(
             f"username must be 1-{USERNAME_MAX} characters of letters, digits and . _ - @, "
             "starting with a letter or digit"
         )
     return username
+
+
+def username_key(username: str) -> str:
+    """What makes two names the same name: Unicode's caseless match (NFKC, casefold, NFKC)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username.strip()).casefold())
 
 
 def _check_message(message: NewMessage) -> None:
@@ -230,8 +237,12 @@ class Repository:
         self, username: str, password_hash: str, *, is_admin: bool = False
     ) -> UserRecord:
         username = check_username(username)
+        key = username_key(username)
         async with self.database.writer() as session, session.begin():
-            user = User(username=username, password_hash=password_hash, is_admin=is_admin)
+            taken = await session.scalar(select(User.username).where(User.username_key == key))
+            if taken is not None:
+                raise Conflict(f"the name {username!r} is taken (by {taken!r}: names differing only in case are one)")
+            user = User(username=username, username_key=key, password_hash=password_hash, is_admin=is_admin)
             session.add(user)
             try:
                 await session.flush()
@@ -239,11 +250,20 @@ class Repository:
                 raise Conflict(f"user {username!r} already exists") from None
             return _user_record(user)
 
+    @staticmethod
+    async def _find_user(session: AsyncSession, username: str) -> User | None:
+        """By the exact name first (two names that clashed before keys existed both stay
+        reachable), then by key, so a login in any case or width finds its account."""
+        user = await session.scalar(select(User).where(User.username == username))
+        if user is None:
+            user = await session.scalar(select(User).where(User.username_key == username_key(username)))
+        return user
+
     async def get_user(self, username: str) -> UserRecord:
         if not _storable(username):
             raise NotFound(f"no user named {username!r}")
         async with self.database.reader() as session:
-            user = await session.scalar(select(User).where(User.username == username))
+            user = await self._find_user(session, username)
             if user is None:
                 raise NotFound(f"no user named {username!r}")
             return _user_record(user)
@@ -261,9 +281,10 @@ class Repository:
         if not _storable(username):
             raise NotFound(f"no user named {username!r}")
         async with self.database.writer() as session, session.begin():
-            user_id = await session.scalar(select(User.id).where(User.username == username))
-            if user_id is None:
+            user = await self._find_user(session, username)
+            if user is None:
                 raise NotFound(f"no user named {username!r}")
+            user_id = user.id
             await session.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))
             # a changed password ends every login made with the old one
             await session.execute(delete(LoginSession).where(LoginSession.user_id == user_id))
@@ -273,9 +294,10 @@ class Repository:
         if not _storable(username):
             raise NotFound(f"no user named {username!r}")
         async with self.database.writer() as session, session.begin():
-            user_id = await session.scalar(select(User.id).where(User.username == username))
-            if user_id is None:
+            user = await self._find_user(session, username)
+            if user is None:
                 raise NotFound(f"no user named {username!r}")
+            user_id = user.id
             # explicit, though the foreign key cascades too: no login outlives its user
             await session.execute(delete(LoginSession).where(LoginSession.user_id == user_id))
             await session.execute(delete(User).where(User.id == user_id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -13,6 +14,7 @@ from sqlalchemy import inspect, text
 from app.config import sqlite_url
 from app.migrate import alembic_config, downgrade, upgrade
 from storage.database import BUSY_TIMEOUT_MS, Database, create_engine
+from storage.errors import Conflict
 from storage.models import Base, utcnow
 from storage.repository import NewMessage, Repository
 from storage.search_index import include_object, is_index_table
@@ -80,27 +82,54 @@ async def test_upgrade_downgrade_upgrade(database_url):
         await database.dispose()
 
 
-async def test_login_sessions_upgrade_a_populated_database_without_loss(database_url):
-    """0001 -> head on a database with chats: nothing lost, and logins work afterwards."""
-    await asyncio.to_thread(upgrade, database_url, "0001")
+async def populate_at_0001(url: str, usernames: list[str]) -> None:
+    """Users (each with a chat and a message) written as the 0001 schema was, in plain SQL:
+    today's models would write columns that did not exist then."""
+    await asyncio.to_thread(upgrade, url, "0001")
+    engine = create_engine(url)
+    now = utcnow()
+    try:
+        async with engine.begin() as connection:
+            for index, name in enumerate(usernames, start=1):
+                await connection.execute(
+                    text("INSERT INTO users (id, username, password_hash, is_admin, created_at) "
+                         "VALUES (:id, :name, 'hash', false, :now)"), {"id": index, "name": name, "now": now})
+                await connection.execute(
+                    text("INSERT INTO conversations (id, user_id, title, model, created_at, updated_at) "
+                         "VALUES (:id, :user, 'before the upgrade', 'm', :now, :now)"),
+                    {"id": f"chat-{index}", "user": index, "now": now})
+                await connection.execute(
+                    text("INSERT INTO messages (conversation_id, seq, role, content, token_ids, created_at) "
+                         "VALUES (:chat, 0, 'user', :content, :ids, :now)"),
+                    {"chat": f"chat-{index}", "content": f"kept hydroponics {index}", "ids": b"\x05\0\0\0",
+                     "now": now})
+    finally:
+        await engine.dispose()
+
+
+async def test_a_populated_database_upgrades_without_loss(database_url):
+    """0001 -> head on a database with chats (and names that clash by case): nothing lost,
+    logins work, old messages are searchable through the new index."""
+    await populate_at_0001(database_url, ["alice", "Admin", "admin"])
+    await asyncio.to_thread(upgrade, database_url)
+    assert await model_differences(database_url) == []
     database = Database(database_url)
     try:
         repository = Repository(database)
-        user = await repository.create_user("alice", "hash")
-        chat = await repository.create_conversation(user.id, "before the upgrade", "m")
-        await repository.append_message(user.id, chat.id, NewMessage("user", "kept", [5, 6]))
-        before = await repository.get_conversation(user.id, chat.id)
-        await database.dispose()
-
-        await asyncio.to_thread(upgrade, database_url)
-        assert await model_differences(database_url) == []
-        database = Database(database_url)
-        repository = Repository(database)
-        assert await repository.get_conversation(user.id, chat.id) == before
+        users = {user.username: user for user in await repository.list_users()}
+        assert set(users) == {"alice", "Admin", "admin"}
+        for user in users.values():
+            chat = await repository.get_conversation(user.id, f"chat-{user.id}")
+            assert [(m.content, m.token_ids) for m in chat.messages] == [(f"kept hydroponics {user.id}", [5])]
+            assert await repository.get_user(user.username) == user  # each clashing name still logs in
+            assert [c.id for c in await repository.list_conversations(user.id, search="hydroponic")] == [chat.id]
+        assert (await repository.get_user("ALICE")).username == "alice"
+        with pytest.raises(Conflict):
+            await repository.create_user("ADMIN", "hash")
         expires = utcnow() + timedelta(days=1)
-        await repository.create_login_session(user.id, "a" * 64, expires)
+        await repository.create_login_session(users["alice"].id, "a" * 64, expires)
         found, _created, _expires = await repository.login_session_user("a" * 64, utcnow())
-        assert found.id == user.id
+        assert found.id == users["alice"].id
     finally:
         await database.dispose()
 
