@@ -20,7 +20,7 @@ from typing import Any
 import gradio as gr
 
 from app import chat_list as listing
-from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted, options_of
+from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted, options_of, valid_text
 from app.config import Settings
 from app.page_assets import (
     CLOSE_SIDEBAR_ON_PHONE_JS,
@@ -264,13 +264,13 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         try:
             before = await service.open(username, conversation_id) if conversation_id else None
         except ChatError as error:
-            yield [], text, None, problem(error), gr.update()
+            yield [], valid_text(text or ""), None, problem(error), gr.update()
             return
         bubbles = conversation_bubbles(before)
         if before is not None and interrupted(before):
             bubbles[-1] = {"role": "assistant", "content": f"*{FINISH_NOTES['interrupted']}*"}
         history = list(bubbles)
-        options = ChatOptions(system_prompt or "", temperature, top_p, int(max_new_tokens))
+        options = ChatOptions(system_prompt or "", temperature, top_p, max_new_tokens)  # checked by the service
         bubbles += [{"role": "user", "content": shown_as_text(text or "")}, {"role": "assistant", "content": "…"}]
         cleared = False
         try:
@@ -285,7 +285,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 cleared = True
         except ChatError as error:  # busy, rate limit, bad input: the typed text goes back
             if views.showing(session, conversation_id):
-                yield history, text, conversation_id, problem(error), gr.update()
+                # the typed text goes back as it was, save what JSON cannot carry (a lone surrogate)
+                yield history, valid_text(text or ""), conversation_id, problem(error), gr.update()
             else:
                 gr.Warning(str(error))
                 yield unchanged
@@ -310,7 +311,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             return
         bubbles = [message_bubble(m) for m in conversation.messages[: last_user + 1]]
         bubbles.append({"role": "assistant", "content": "…"})
-        options = ChatOptions("", temperature, top_p, int(max_new_tokens))
+        options = ChatOptions("", temperature, top_p, max_new_tokens)
         try:
             events = service.retry(username, conversation_id, options)
             async for update in relay(events, bubbles, conversation_id, username, search, session):
