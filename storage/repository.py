@@ -241,7 +241,7 @@ class Repository:
         async with self.database.writer() as session, session.begin():
             taken = await session.scalar(select(User.username).where(User.username_key == key))
             if taken is not None:
-                raise Conflict(f"the name {username!r} is taken (by {taken!r}: names differing only in case are one)")
+                raise Conflict(f"user {username!r} already exists (as {taken!r}: names differing only in case are one)")
             user = User(username=username, username_key=key, password_hash=password_hash, is_admin=is_admin)
             session.add(user)
             try:
