@@ -45,7 +45,9 @@ def check_password_strength(password: str, username: str = "") -> None:
     if len(password) > MAX_PASSWORD_LENGTH:
         raise WeakPassword(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
     if len(password.strip()) < MIN_PASSWORD_LENGTH:
-        raise WeakPassword(f"password must be at least {MIN_PASSWORD_LENGTH} characters (not counting spaces around it)")
+        raise WeakPassword(
+            f"password must be at least {MIN_PASSWORD_LENGTH} characters (not counting spaces around it)"
+        )
     if username and _comparable(password.strip()) == _comparable(username.strip()):
         raise WeakPassword("password must not be the user name")
     verdict = zxcvbn(password[:ZXCVBN_MAX_CHARS], user_inputs=[username] if username else None)

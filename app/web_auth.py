@@ -292,7 +292,8 @@ def build_auth_router(
         signup_form = (
             '<form method="post" action="/signup">'
             '<label>Username<input name="username" required maxlength="64" autocomplete="username"></label>'
-            '<label>Password (8+ characters, not easy to guess)<input name="password" type="password" required maxlength="1024" '
+            '<label>Password (8+ characters, not easy to guess)'
+            '<input name="password" type="password" required maxlength="1024" '
             'autocomplete="new-password"></label><button type="submit">Sign up</button></form>'
             '<p><a href="/login">Back to log in</a></p>'
         )

@@ -36,7 +36,7 @@ GOAL_MS = 100.0
 RUNS = 7
 WORDS = (
     "model reply token batch cache prompt server database index search garden water light paper stone river "
-    "window table chair music letter number system window engine answer question history morning evening"
+    "window table chair music letter number system engine answer question history morning evening"
 ).split()
 RARE = "zanzibarite"
 
@@ -54,7 +54,9 @@ async def seed(repository: Repository, user_id: int, messages: int, per_chat: in
         await repository.import_conversation(
             user_id, conversation_id=str(uuid.uuid4()), title=f"chat {chat}", model="bench",
             created_at=created, updated_at=created + timedelta(seconds=chat),
-            messages=[NewMessage(("user", "assistant")[i % 2], text(rng, chat * per_chat + i)) for i in range(per_chat)],
+            messages=[
+                NewMessage(("user", "assistant")[i % 2], text(rng, chat * per_chat + i)) for i in range(per_chat)
+            ],
         )
 
 

@@ -9,11 +9,10 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text, update
 
 import storage.repository as repository_module
 from app.chat import SEARCHES_PER_WINDOW, RateLimited, SearchGate
-from sqlalchemy import text, update
-
 from storage.errors import InvalidInput, SearchTooSlow
 from storage.models import Message, utcnow
 from storage.repository import SEARCH_MAX_CHARS, NewMessage, Repository
@@ -169,5 +168,6 @@ async def test_the_text_index_finds_substrings_of_the_users_own_messages_and_fol
     assert await found(bob.id, "droponic") == []
     if repository.database.engine.dialect.name == "sqlite":
         async with repository.database.reader() as session:  # the index holds exactly the live rows
-            assert await session.scalar(text("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'hydroponics'")) == 0
+            hits = "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'hydroponics'"
+            assert await session.scalar(text(hits)) == 0
             await session.execute(text("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)"))

@@ -318,7 +318,8 @@ def test_bad_numbers_lone_surrogates_and_huge_searches_get_a_sentence(server):
             continue
         assert status.startswith(f"⚠ {what} must be a finite number"), status
         assert box == "hello"  # kept for another try
-    _chatbot, box, _chat, status, _list = raw_event(server, cookies, "send", ["bad \ud800 text", "", "", 0.7, 0.9, 4, ""])
+    bad_text = ["bad \ud800 text", "", "", 0.7, 0.9, 4, ""]
+    _chatbot, box, _chat, status, _list = raw_event(server, cookies, "send", bad_text)
     assert "invalid Unicode" in status and box == "bad \ufffd text"
     client = api_client(server.url, "bob", PASSWORD)
     reply = client.predict("still fine?", "", "", 0.7, 0.9, 4, "", api_name="/send")
