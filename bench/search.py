@@ -34,10 +34,11 @@ from storage.repository import NewMessage, Repository
 
 GOAL_MS = 100.0
 RUNS = 7
-WORDS = (
-    "model reply token batch cache prompt server database index search garden water light paper stone river "
-    "window table chair music letter number system engine answer question history morning evening"
-).split()
+WORDS = [
+    "model", "reply", "token", "batch", "cache", "prompt", "server", "database", "index", "search", "garden",
+    "water", "light", "paper", "stone", "river", "window", "table", "chair", "music", "letter", "number",
+    "system", "engine", "answer", "question", "history", "morning", "evening",
+]
 RARE = "zanzibarite"
 
 

@@ -229,7 +229,7 @@ class Repository:
 
     def __init__(self, database: Database) -> None:
         self.database = database
-        self._index_kind: IndexKind | None | Literal["unknown"] = "unknown"
+        self._index_kind: IndexKind | Literal["unknown"] | None = "unknown"
 
     # ------------------------------------------------------------ users
 

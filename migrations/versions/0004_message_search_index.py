@@ -70,7 +70,7 @@ def create_postgresql_index() -> None:
         try:
             bind.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
             savepoint.commit()
-        except Exception as error:  # noqa: BLE001 (any refusal: say so, keep scanning)
+        except Exception as error:
             savepoint.rollback()
             log.warning("cannot create the pg_trgm extension (%s): search will scan messages", type(error).__name__)
             return
