@@ -34,6 +34,7 @@ from app.engine import Engine, LoadedModel, ModelLoadError, PromptFormat, load_m
 from app.engine.fast_linear import pack_linear_layers
 from app.engine.remote import RemoteEngine, RemoteEngineError, probe_server
 from app.engine.remote_model import load_tokenizer_only
+from app.export_route import build_export_router
 from app.login_guard import LoginGuard
 from app.migrate import upgrade_async
 from app.page_assets import CSS, PAGE_JS
@@ -237,6 +238,7 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
             raise HTTPException(503, "The server is still starting; try again in a few seconds.")
         return await manager.username(request)
 
+    app.include_router(build_export_router(holder.get, current_username))
     app.include_router(build_auth_router(
         repository, sessions, guard, signup_open=settings.signup == "open",
         signups=SignupLimiter(limit=settings.signup_limit),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import html
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
@@ -22,6 +22,7 @@ import gradio as gr
 from app import chat_list as listing
 from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted, options_of, valid_text
 from app.config import Settings
+from app.export_route import export_js
 from app.page_assets import (
     CLOSE_SIDEBAR_ON_PHONE_JS,
     SET_ADDRESS_JS,
@@ -398,19 +399,6 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         chats, _more, _no_match = await list_updates(request.username, search, request.session_hash, None)
         return [], None, gr.update(visible=False), "Chat deleted.", chats
 
-    def exporter(fmt: str, whole_history: bool) -> Callable[..., Any]:
-        async def export(conversation_id: str | None, request: gr.Request) -> tuple[Any, str]:
-            if not whole_history and not conversation_id:
-                return None, problem(ChatError("Open a chat first."))
-            try:
-                path = await holder.get().export(request.username, fmt, None if whole_history else conversation_id)
-            except ChatError as error:
-                return None, problem(error)
-            return str(path), "Export ready: use the download link."
-
-        export.__name__ = f"export_{'all' if whole_history else 'chat'}_{fmt}"
-        return export
-
     def forget_page(request: gr.Request) -> None:
         views.forget(request.session_hash)
 
@@ -445,7 +433,6 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                     export_json = gr.Button("JSON", size="sm", elem_id="export-json")
                     export_md = gr.Button("Markdown", size="sm", elem_id="export-md")
                     export_all = gr.Button("All (JSONL)", size="sm", elem_id="export-all")
-                export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
             with gr.Row():
                 gr.Button("Account", link="/account", size="sm", elem_id="account")
                 gr.Button("Log out", link="/logout", size="sm", elem_id="logout")
@@ -537,7 +524,9 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             on_delete, [conversation_state, search], [chatbot, conversation_state, confirm_row, status, chat_list],
             api_name="delete",
         )
-        export_json.click(exporter("json", False), [conversation_state], [export_file, status], api_name="export_json")
-        export_md.click(exporter("md", False), [conversation_state], [export_file, status], api_name="export_markdown")
-        export_all.click(exporter("jsonl", True), [conversation_state], [export_file, status], api_name="export_all")
+        # downloads come from our own route (app/export_route.py), which checks the owner
+        export_json.click(None, [conversation_state], [status], js=export_js("json"), api_name=False)
+        export_md.click(None, [conversation_state], [status], js=export_js("markdown"), api_name=False)
+        export_all.click(None, [conversation_state], [status], js=export_js("jsonl", whole_history=True),
+                         api_name=False)
     return demo

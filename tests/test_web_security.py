@@ -14,6 +14,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
+from app.export_route import EXPORTS_PER_WINDOW, ExportGate, ExportRefused
 from app.login_guard import (
     FREE_FAILURES_PER_ADDRESS,
     FREE_FAILURES_PER_PAIR,
@@ -329,3 +330,36 @@ def test_bad_numbers_lone_surrogates_and_huge_searches_get_a_sentence(server):
     text = no_match["value"] if isinstance(no_match, dict) else str(no_match)
     assert "50,000 characters long; at most 100 allowed" in text
     assert "SELECT" not in text and "messages" not in text.lower()
+
+
+def test_exports_come_from_an_owner_checked_throttled_route(server):
+    cookies = login_cookies(server.url, "alice", PASSWORD)
+    anonymous = httpx.get(server.url + "export/all", params={"format": "jsonl"})
+    assert anonymous.status_code == 401
+    answers = [httpx.get(server.url + "export/all", params={"format": "jsonl"}, cookies=cookies, timeout=30)
+               for _ in range(EXPORTS_PER_WINDOW + 1)]
+    assert [a.status_code for a in answers[:EXPORTS_PER_WINDOW]] == [200] * EXPORTS_PER_WINDOW
+    assert answers[-1].status_code == 429 and "Too many exports" in answers[-1].text
+    assert int(answers[-1].headers["retry-after"]) >= 1
+    # others are not slowed by alice's exports; a bad format is a sentence
+    bob = login_cookies(server.url, "bob", PASSWORD)
+    assert httpx.get(server.url + "export/all", params={"format": "md"}, cookies=bob).status_code == 200
+    odd = httpx.get(server.url + "export/all", params={"format": "pdf"}, cookies=bob)
+    assert odd.status_code == 400 and "Unknown export format" in odd.text
+
+
+async def test_the_export_gate_runs_one_export_per_user_at_a_time():
+    gate, release = ExportGate(), asyncio.Event()
+
+    async def export(name: str) -> None:
+        async with gate.turn(name):
+            await release.wait()
+
+    running = asyncio.create_task(export("alice"))
+    await asyncio.sleep(0.01)
+    with pytest.raises(ExportRefused, match="still being prepared"):
+        await export("alice")
+    other = asyncio.create_task(export("bob"))
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(running, other)
