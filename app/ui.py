@@ -23,6 +23,7 @@ from app import chat_list as listing
 from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted, options_of, valid_text
 from app.config import Settings
 from app.export_route import export_js
+from app.message_window import PAGE_MESSAGES, earlier_label, more, newest
 from app.page_assets import (
     CLOSE_SIDEBAR_ON_PHONE_JS,
     SET_ADDRESS_JS,
@@ -97,11 +98,13 @@ def message_bubble(message: MessageRecord) -> dict[str, str]:
     return {"role": "assistant", "content": content}
 
 
-def conversation_bubbles(conversation: ConversationRecord | None, live_text: str | None = None) -> list[dict[str, str]]:
-    """A stored chat; ``live_text`` is its reply being generated right now, if any."""
+def conversation_bubbles(
+    conversation: ConversationRecord | None, live_text: str | None = None, shown: int = PAGE_MESSAGES
+) -> list[dict[str, str]]:
+    """A stored chat, its newest ``shown`` messages; ``live_text`` is its reply being generated now, if any."""
     if conversation is None:
         return []
-    bubbles = [message_bubble(m) for m in conversation.messages]
+    bubbles = [message_bubble(m) for m in newest(conversation.messages, shown)[0]]
     if interrupted(conversation):
         if live_text is not None:
             bubbles.append({"role": "assistant", "content": shown_as_text(live_text) or "…"})
@@ -310,7 +313,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         except ValueError:
             yield gr.update(), conversation_id, problem(ChatError("There is no message to retry yet.")), gr.update()
             return
-        bubbles = [message_bubble(m) for m in conversation.messages[: last_user + 1]]
+        bubbles = [message_bubble(m) for m in newest(conversation.messages[: last_user + 1])[0]]
         bubbles.append({"role": "assistant", "content": "…"})
         options = ChatOptions("", temperature, top_p, max_new_tokens)
         try:
@@ -399,6 +402,34 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         chats, _more, _no_match = await list_updates(request.username, search, request.session_hash, None)
         return [], None, gr.update(visible=False), "Chat deleted.", chats
 
+    async def earlier_control(conversation_id: str | None, request: gr.Request) -> Any:
+        """The "Show earlier messages" button of the chat on screen: shown when some are left out."""
+        view = views.page(request.session_hash)
+        if not conversation_id:
+            return gr.update(visible=False)
+        try:
+            conversation = await holder.get().open(request.username, conversation_id)
+        except ChatError:
+            return gr.update(visible=False)
+        hidden = newest(conversation.messages, view.shown_messages if view else PAGE_MESSAGES)[1]
+        return gr.update(visible=hidden > 0, value=earlier_label(hidden))
+
+    async def on_earlier(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """One more page of the open chat's earlier messages."""
+        view = views.page(request.session_hash)
+        shown = more(view.shown_messages if view else PAGE_MESSAGES)
+        if view is not None:
+            view.shown_messages = shown
+        if not conversation_id:
+            return gr.update(), gr.update(visible=False), ""
+        try:
+            conversation = await holder.get().open(request.username, conversation_id)
+        except ChatError as error:
+            return gr.update(), gr.update(visible=False), problem(error)
+        hidden = newest(conversation.messages, shown)[1]
+        bubbles = conversation_bubbles(conversation, holder.get().live_text(conversation), shown)
+        return bubbles, gr.update(visible=hidden > 0, value=earlier_label(hidden)), ""
+
     def forget_page(request: gr.Request) -> None:
         views.forget(request.session_hash)
 
@@ -447,6 +478,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 1, settings.max_new_tokens, value=min(256, settings.max_new_tokens), step=1, label="Max new tokens",
                 elem_id="max-new-tokens",
             )
+        earlier_button = gr.Button("Show earlier messages", size="sm", visible=False, elem_id="earlier-messages")
         chatbot = gr.Chatbot(
             label="Chat", elem_id="chat", buttons=["copy", "copy_all"], sanitize_html=True, height="65vh",
             placeholder="Start a new chat below, or open one of yours from the sidebar.", show_label=False,
@@ -476,6 +508,11 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         demo.unload(forget_page)
         # the page's address follows the chat on screen, whoever changed it
         conversation_state.change(None, [conversation_state], None, js=SET_ADDRESS_JS)
+        # long chats open at their newest page; the button above the chat brings earlier ones
+        conversation_state.change(earlier_control, [conversation_state], [earlier_button], api_name=False,
+                                  show_progress="hidden")
+        earlier_button.click(on_earlier, [conversation_state], [chatbot, earlier_button, status], api_name="earlier",
+                             show_progress="hidden")
         # the radio's choices change per user, so its value is copied in the browser, then checked
         chat_list.input(None, [chat_list], [conversation_state], js=CLOSE_SIDEBAR_ON_PHONE_JS).then(
             on_select, [conversation_state], chat_outputs, api_name="open", show_progress="hidden",

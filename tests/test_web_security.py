@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import subprocess
 import time
@@ -24,6 +25,10 @@ from app.login_guard import (
     LoginGuard,
     Throttled,
 )
+from app.message_window import PAGE_MESSAGES
+from storage.database import Database
+from storage.models import utcnow
+from storage.repository import NewMessage, Repository
 from tests.support import PYTHON, ROOT, add_user, api_client, build_tiny_llama, login_cookies, running_server
 
 PASSWORD = "password-123"
@@ -363,3 +368,34 @@ async def test_the_export_gate_runs_one_export_per_user_at_a_time():
     await asyncio.sleep(0.01)
     release.set()
     await asyncio.gather(running, other)
+
+
+async def test_a_long_chat_opens_at_its_newest_page_and_earlier_ones_come_on_request(server):
+    database = Database(server.database_url)
+    try:
+        repository = Repository(database)
+        alice = await repository.get_user("alice")
+        chat_id, created = str(uuid.uuid4()), utcnow()
+        await repository.import_conversation(
+            alice.id, conversation_id=chat_id, title="a very long chat", model="m", created_at=created,
+            updated_at=created,
+            messages=[NewMessage(("user", "assistant")[i % 2], f"message number {i} " + "x" * 2000)
+                      for i in range(PAGE_MESSAGES * 2 + 50)],
+        )
+    finally:
+        await database.dispose()
+
+    def numbers(chatbot: list[dict]) -> list[int]:
+        return [int(re.search(r"message number (\d+)", str(bubble["content"])).group(1)) for bubble in chatbot]
+
+    client = await asyncio.to_thread(api_client, server.url, "alice", PASSWORD)
+    await asyncio.to_thread(client.predict, api_name="/load")  # a page, as the browser opens one
+    opened = await asyncio.to_thread(client.predict, chat_id, api_name="/open")
+    assert numbers(opened[0]) == list(range(PAGE_MESSAGES + 50, PAGE_MESSAGES * 2 + 50))  # the newest page only
+    earlier = await asyncio.to_thread(client.predict, chat_id, api_name="/earlier")
+    assert numbers(earlier[0]) == list(range(50, PAGE_MESSAGES * 2 + 50))
+    everything = await asyncio.to_thread(client.predict, chat_id, api_name="/earlier")
+    assert numbers(everything[0]) == list(range(PAGE_MESSAGES * 2 + 50))
+    bob = await asyncio.to_thread(api_client, server.url, "bob", PASSWORD)  # and only for its owner
+    refused = await asyncio.to_thread(bob.predict, chat_id, api_name="/earlier")
+    assert "not found" in refused[-1].lower()
