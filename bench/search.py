@@ -42,8 +42,11 @@ WORDS = [
 RARE = "zanzibarite"
 
 
+WORDS_PER_MESSAGE = 30  # ~200 characters; --words 300 gives ~2 kB, like the long messages of the abuse report
+
+
 def text(rng: random.Random, index: int) -> str:
-    words = [rng.choice(WORDS) for _ in range(30)]
+    words = [rng.choice(WORDS) for _ in range(WORDS_PER_MESSAGE)]
     if index % 10_000 == 0:  # ten messages in 100,000 hold the rare word
         words.insert(rng.randrange(len(words)), RARE)
     return " ".join(words)
@@ -81,7 +84,8 @@ async def run(url: str, messages: int, scan: bool) -> None:
         started = time.perf_counter()
         await seed(repository, heavy.id, messages, 100, rng)
         await seed(repository, other.id, messages, 100, rng)
-        print(f"seeded 2 x {messages:,} messages in {time.perf_counter() - started:.0f} s ({url.split(':')[0]})")
+        print(f"seeded 2 x {messages:,} messages of {WORDS_PER_MESSAGE} words in "
+              f"{time.perf_counter() - started:.0f} s ({url.split(':')[0]})")
         cases = [("rare word (10 messages)", RARE), ("common word (every chat)", "garden"),
                  ("no match", "qqqxqqq"), ("2 characters (scan)", "zq")]
         modes = [("index", False)] + ([("scan", True)] if scan else [])
@@ -95,11 +99,14 @@ async def run(url: str, messages: int, scan: bool) -> None:
 
 
 def main() -> None:
+    global WORDS_PER_MESSAGE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--database-url", default=None, help="default: a new SQLite file in a temp folder")
     parser.add_argument("--scan", action="store_true", help="also time the searches without the index")
+    parser.add_argument("--words", type=int, default=WORDS_PER_MESSAGE, help="words per message")
     args = parser.parse_args()
+    WORDS_PER_MESSAGE = args.words
     with tempfile.TemporaryDirectory() as folder:
         url = args.database_url or sqlite_url(Path(folder) / "bench.db")
         asyncio.run(run(url, args.messages, args.scan))
