@@ -45,6 +45,8 @@ FINISH_REASON_MAX = 16  # messages.finish_reason is VARCHAR(16)
 INT32_MAX = 2**31 - 1  # the counts are INTEGER columns
 SEARCH_MAX_CHARS = 100
 SEARCH_TIMEOUT_SECONDS = 2.0
+# up to this many messages of their own, a user's searches scan them rather than use the index
+SCAN_UP_TO_MESSAGES = 5_000
 SQLITE_PROGRESS_STEPS = 1_000  # VM steps between deadline checks (a LIKE over a long text is one step)
 
 
@@ -449,7 +451,7 @@ class Repository:
         words = check_search(search) if searching and search is not None else ""
         async with self.database.reader() as session:
             if searching:
-                query = query.where(await self._search_condition(session, words))
+                query = query.where(await self._search_condition(session, user_id, words))
             query = query.order_by(Conversation.updated_at.desc(), Conversation.id).limit(limit).offset(offset)
             if not searching:
                 rows = await session.execute(query)
@@ -472,18 +474,36 @@ class Repository:
             self._index_kind = await find_index(session)
         return self._index_kind
 
-    async def _search_condition(self, session: AsyncSession, words: str) -> ColumnElement[bool]:
+    @staticmethod
+    async def _has_many_messages(session: AsyncSession, user_id: int) -> bool:
+        """More than ``SCAN_UP_TO_MESSAGES`` messages? (Counts at most that many: cheap either way.)
+
+        The FTS5 index is one for everybody: its cost grows with the hits of all users, a
+        scan's only with the searcher's own text. A light user's scan is a few milliseconds
+        and nobody else's data can change that; a heavy user's is what the index is for.
+        """
+        own = (
+            select(Message.id).join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Conversation.user_id == user_id).limit(SCAN_UP_TO_MESSAGES).subquery()
+        )
+        return int(await session.scalar(select(func.count()).select_from(own)) or 0) >= SCAN_UP_TO_MESSAGES
+
+    async def _search_condition(self, session: AsyncSession, user_id: int, words: str) -> ColumnElement[bool]:
         """Title or some message of the chat contains ``words`` (case-insensitive).
 
         Correlated to each of the user's conversations, so only their messages are probed.
-        SQLite with its FTS5 index and 3+ characters: a message matches when the index holds
-        it (one index lookup for the whole search). PostgreSQL: ``ILIKE``, which its planner
+        SQLite with its FTS5 index, 3+ characters and a heavy user: a message matches when the
+        index holds it (one index lookup for the whole search). PostgreSQL: ``ILIKE``, which its planner
         answers from the pg_trgm GIN index when that is cheaper than probing chat by chat
         (measured: a rare word over 100,000 messages in 5 ms, a common one in 6 ms).
         """
         pattern = "%" + _escape_like(words) + "%"
         found: ColumnElement[bool] = Message.content.ilike(pattern, escape="\\")
-        if len(words) >= MIN_INDEXED_CHARS and await self._search_index(session) == "fts5":
+        if (
+            len(words) >= MIN_INDEXED_CHARS
+            and await self._search_index(session) == "fts5"
+            and await self._has_many_messages(session, user_id)
+        ):
             hits = select(literal_column("rowid")).select_from(text(FTS_TABLE)).where(
                 text(f"{FTS_TABLE} MATCH :fts_words").bindparams(fts_words=fts_phrase(words))
             )

@@ -135,7 +135,10 @@ async def test_searches_of_everyone_together_never_hold_more_than_a_few_connecti
     await waiter
 
 
-async def test_the_text_index_finds_substrings_of_the_users_own_messages_and_follows_edits(repository, make_user):
+async def test_the_text_index_finds_substrings_of_the_users_own_messages_and_follows_edits(
+    repository, make_user, monkeypatch
+):
+    monkeypatch.setattr(repository_module, "SCAN_UP_TO_MESSAGES", 1)  # the index even for these few messages
     alice, bob = await make_user("alice"), await make_user("bob")
     mine, _ = await repository.start_conversation(
         alice.id, "plain title", "m", [NewMessage("user", "Our Hydroponics setup leaks"), NewMessage("assistant", "ok")]
