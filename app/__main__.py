@@ -82,12 +82,12 @@ async def run_users(args: argparse.Namespace, repository: Repository) -> None:
             print(f"{user.username}\t{role}\tsince {user.created_at:%Y-%m-%d}")
     elif args.users_command == "add":
         password = read_password(args.password_stdin)
-        check_password_strength(password)
+        check_password_strength(password, args.name)
         await repository.create_user(args.name, hash_password(password), is_admin=args.admin)
         print(f"added {'admin' if args.admin else 'user'} {args.name}")
     elif args.users_command == "set-password":
         password = read_password(args.password_stdin)
-        check_password_strength(password)
+        check_password_strength(password, args.name)
         await repository.set_password(args.name, hash_password(password))
         print(f"password changed for {args.name}")
     elif args.users_command == "remove":

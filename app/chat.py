@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -178,6 +179,11 @@ class ChatOptions:
     seed: int | None = None
 
     def sampling(self, max_allowed: int) -> SamplingParams:
+        for name, value in (("Temperature", self.temperature), ("Top p", self.top_p),
+                            ("Max new tokens", self.max_new_tokens)):
+            # NaN, infinity, text or nothing from an API client: one sentence, not Python's words
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ChatError(f"{name} must be a finite number; got {str(value)[:20]!r}.")
         if not 1 <= int(self.max_new_tokens) <= max_allowed:
             raise ChatError(f"Max new tokens must be between 1 and {max_allowed}.")
         try:
@@ -243,6 +249,16 @@ def with_pending(conversation: ConversationRecord, pending: list[PendingReply]) 
 def interrupted(conversation: ConversationRecord) -> bool:
     """A chat whose last message is a user message never got its reply (crash, restart)."""
     return bool(conversation.messages) and conversation.messages[-1].role == "user"
+
+
+def valid_text(text: str) -> str:
+    """Model output as storable, sendable text: a lone surrogate (which UTF-8 cannot carry,
+    so it would break the stream and the database write) becomes U+FFFD; pairs are joined."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def check_message_text(text: Any, max_chars: int) -> str:
@@ -799,7 +815,7 @@ class ChatService:
                     return
                 finally:
                     next_delta = None
-                reply.text += delta
+                reply.text += valid_text(delta)
                 yield ChatEvent("text", conversation_id, text=reply.text)
         finally:
             stopping.cancel()
@@ -820,7 +836,7 @@ class ChatService:
                     result = await reply.stream.final()
         finish_reason = self._finish_reason(result, ending)
         generated = result.token_ids if result is not None else []
-        text = result.text if result is not None else reply.text
+        text = valid_text(result.text) if result is not None else reply.text
         details: dict[str, Any] = params.to_dict()
         if result is not None:
             if result.time_to_first_token is not None:

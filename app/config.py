@@ -51,6 +51,7 @@ class Settings:
     max_input_chars: int = 8000
     max_new_tokens: int = 256
     signup: str = "closed"
+    signup_limit: int = 5  # accounts per client address per 10 minutes (open sign-up)
     threads: int = 0
     fast_kernels: bool = True
     kv_cache_mb: float = 2048.0
@@ -89,6 +90,7 @@ class Settings:
             max_input_chars=_int(env, "CHAT_MAX_INPUT_CHARS", 8000),
             max_new_tokens=_int(env, "CHAT_MAX_NEW_TOKENS", 256),
             signup=signup,
+            signup_limit=_int(env, "CHAT_SIGNUP_LIMIT", 5),
             threads=_int(env, "CHAT_THREADS", 0),
             fast_kernels=(env.get("CHAT_FAST_KERNELS") or "1").strip().lower() not in {"0", "false", "no", "off"},
             kv_cache_mb=_float(env, "CHAT_KV_CACHE_MB", 2048.0),

@@ -34,12 +34,13 @@ from app.engine import Engine, LoadedModel, ModelLoadError, PromptFormat, load_m
 from app.engine.fast_linear import pack_linear_layers
 from app.engine.remote import RemoteEngine, RemoteEngineError, probe_server
 from app.engine.remote_model import load_tokenizer_only
+from app.export_route import build_export_router
 from app.login_guard import LoginGuard
 from app.migrate import upgrade_async
 from app.page_assets import CSS, PAGE_JS
 from app.sessions import DatabaseUnavailable, SessionManager
 from app.ui import REPLY_EVENTS, ServiceHolder, build_ui
-from app.web_auth import build_auth_router
+from app.web_auth import SignupLimiter, build_auth_router
 from app.web_security import SecurityMiddleware
 from storage.database import Database
 from storage.errors import StorageUnavailable
@@ -237,7 +238,11 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
             raise HTTPException(503, "The server is still starting; try again in a few seconds.")
         return await manager.username(request)
 
-    app.include_router(build_auth_router(repository, sessions, guard, signup_open=settings.signup == "open"))
+    app.include_router(build_export_router(holder.get, current_username))
+    app.include_router(build_auth_router(
+        repository, sessions, guard, signup_open=settings.signup == "open",
+        signups=SignupLimiter(limit=settings.signup_limit),
+    ))
     # Configuring CORSMiddleware here makes Gradio drop its own CORS layer (which allows
     # any localhost origin with credentials); only origins the operator lists are allowed.
     app.add_middleware(

@@ -13,6 +13,7 @@ click on one into the switch-version event, so nothing navigates.
 from __future__ import annotations
 
 from app.chat import interrupted
+from app.message_window import PAGE_MESSAGES, newest
 from app.rendering import safe_markdown
 from storage.repository import ConversationRecord, MessageRecord
 
@@ -66,17 +67,32 @@ def message_bubble(message: MessageRecord) -> dict[str, str]:
     return with_versions({"role": "assistant", "content": content}, message)
 
 
-def conversation_bubbles(conversation: ConversationRecord | None, live_text: str | None = None) -> list[dict[str, str]]:
-    """A stored chat; ``live_text`` is its reply being generated right now, if any."""
+def shown_messages(
+    conversation: ConversationRecord | None, shown: int = PAGE_MESSAGES
+) -> tuple[list[MessageRecord], int]:
+    """The messages drawn as bubbles (the newest ``shown``) and how many earlier ones are left out.
+
+    Bubble i is message ``hidden + i`` of the branch: events on a bubble add ``hidden``.
+    """
+    if conversation is None:
+        return [], 0
+    return newest(conversation.messages, shown)
+
+
+def conversation_bubbles(
+    conversation: ConversationRecord | None, live_text: str | None = None, shown: int = PAGE_MESSAGES
+) -> list[dict[str, str]]:
+    """A stored chat, its newest ``shown`` messages; ``live_text`` is its reply being generated now, if any."""
     if conversation is None:
         return []
-    bubbles = [message_bubble(m) for m in conversation.messages]
+    messages, _hidden = shown_messages(conversation, shown)
+    bubbles = [message_bubble(m) for m in messages]
     if interrupted(conversation):
         if live_text is not None:
             bubbles.append({"role": "assistant", "content": shown_as_text(live_text) or "…"})
         else:
             bubbles.append({"role": "assistant", "content": INTERRUPTED_NOTE})
-    return with_user_versions(conversation.messages, bubbles)
+    return with_user_versions(messages, bubbles)
 
 
 def with_user_versions(messages: list[MessageRecord], bubbles: list[dict[str, str]]) -> list[dict[str, str]]:

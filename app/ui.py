@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import html
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
 
 from app import chat_list as listing
-from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted, options_of
+from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted, options_of, valid_text
 from app.config import Settings
+from app.export_route import export_js
+from app.message_window import PAGE_MESSAGES, earlier_label, more, newest
 from app.page_assets import (
     CLOSE_SIDEBAR_ON_PHONE_JS,
     PICKED_VERSION_JS,
@@ -36,6 +38,7 @@ from app.transcript import (
     feedback_values,
     message_bubble,
     shown_as_text,
+    shown_messages,
     with_user_versions,
 )
 from app.views import Views
@@ -108,20 +111,26 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             gr.update(value=NO_MATCH if (search or "").strip() and not choices else "", visible=True),
         )
 
-    def chat_view(conversation: ConversationRecord | None, live: str | None = None) -> list[dict[str, str]]:
-        return conversation_bubbles(conversation, live)
+    def chat_view(
+        conversation: ConversationRecord | None, live: str | None = None, shown: int = PAGE_MESSAGES
+    ) -> list[dict[str, str]]:
+        return conversation_bubbles(conversation, live, shown)
 
-    def marked_view(conversation: ConversationRecord | None, live: str | None = None) -> Any:
+    def marked_view(
+        conversation: ConversationRecord | None, live: str | None = None, shown: int = PAGE_MESSAGES
+    ) -> Any:
         """The chat and its like/dislike marks (the stored ratings), for page-only events.
 
         Events an API client calls return the plain message list (an update object would
         change what the client receives); their marks follow in ``sync_marks``.
         """
-        bubbles = conversation_bubbles(conversation, live)
-        return gr.update(value=bubbles, feedback_value=marks(conversation, bubbles))
+        bubbles = conversation_bubbles(conversation, live, shown)
+        return gr.update(value=bubbles, feedback_value=marks(conversation, bubbles, shown))
 
-    def marks(conversation: ConversationRecord | None, bubbles: list[dict[str, str]]) -> list[str | None]:
-        return feedback_values(conversation.messages if conversation else [], bubbles)
+    def marks(
+        conversation: ConversationRecord | None, bubbles: list[dict[str, str]], shown: int = PAGE_MESSAGES
+    ) -> list[str | None]:
+        return feedback_values(shown_messages(conversation, shown)[0], bubbles)
 
     async def sync_marks(conversation_id: str | None, request: gr.Request) -> Any:
         """The like/dislike marks of the chat on screen, after an event that redrew it."""
@@ -132,7 +141,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             except ChatError:
                 conversation = None
         live = holder.get().live_text(conversation) if conversation else None
-        return gr.update(feedback_value=marks(conversation, conversation_bubbles(conversation, live)))
+        shown = views.shown(request.session_hash)
+        return gr.update(feedback_value=marks(conversation, conversation_bubbles(conversation, live, shown), shown))
 
     async def chat_updates(conversation: ConversationRecord | None) -> tuple[Any, ...]:
         """chatbot, conversation id, status, send, stop, and the chat's settings."""
@@ -243,13 +253,13 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         try:
             before = await service.open(username, conversation_id) if conversation_id else None
         except ChatError as error:
-            yield [], text, None, problem(error), gr.update()
+            yield [], valid_text(text or ""), None, problem(error), gr.update()
             return
-        bubbles = conversation_bubbles(before)
+        bubbles = conversation_bubbles(before, shown=views.shown(session))
         if before is not None and interrupted(before):
             bubbles[-1] = {"role": "assistant", "content": f"*{FINISH_NOTES['interrupted']}*"}
         history = list(bubbles)
-        options = ChatOptions(system_prompt or "", temperature, top_p, int(max_new_tokens))
+        options = ChatOptions(system_prompt or "", temperature, top_p, max_new_tokens)  # checked by the service
         bubbles += [{"role": "user", "content": shown_as_text(text or "")}, {"role": "assistant", "content": "…"}]
         cleared = False
         try:
@@ -264,7 +274,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 cleared = True
         except ChatError as error:  # busy, rate limit, bad input: the typed text goes back
             if views.showing(session, conversation_id):
-                yield history, text, conversation_id, problem(error), gr.update()
+                # the typed text goes back as it was, save what JSON cannot carry (a lone surrogate)
+                yield history, valid_text(text or ""), conversation_id, problem(error), gr.update()
             else:
                 gr.Warning(str(error))
                 yield unchanged
@@ -287,16 +298,16 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         except ValueError:
             yield gr.update(), conversation_id, problem(ChatError("There is no message to retry yet.")), gr.update()
             return
-        kept = conversation.messages[: last_user + 1]
+        kept = newest(conversation.messages[: last_user + 1], views.shown(session))[0]
         bubbles = with_user_versions(kept, [*(message_bubble(m) for m in kept), {"role": "assistant", "content": "…"}])
-        options = ChatOptions("", temperature, top_p, int(max_new_tokens))
+        options = ChatOptions("", temperature, top_p, max_new_tokens)  # checked by the service
         try:
             events = service.retry(username, conversation_id, options)
             async for update in relay(events, bubbles, conversation_id, username, search, session):
                 yield update if update is not None else (gr.update(),) * 4
         except ChatError as error:
             if views.showing(session, conversation_id):
-                yield chat_view(conversation), conversation_id, problem(error), gr.update()
+                yield chat_view(conversation, shown=views.shown(session)), conversation_id, problem(error), gr.update()
             else:
                 gr.Warning(str(error))
                 yield (gr.update(),) * 4
@@ -315,7 +326,9 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         except ChatError:
             return (gr.update(), *button_updates(False))
         live = holder.get().live_text(conversation)
-        return (gr.update() if live is not None else marked_view(conversation), *button_updates(live is not None))
+        shown = views.shown(request.session_hash)
+        return (gr.update() if live is not None else marked_view(conversation, shown=shown),
+                *button_updates(live is not None))
 
     async def on_stop(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Stop the reply of the chat on screen at once; its stream shows and stores it as stopped."""
@@ -345,7 +358,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         if conversation is None:
             views.show(request.session_hash, None)
             return [], "Removed the last exchange; the chat was empty, so it is gone.", chats, None
-        return chat_view(conversation), "Removed the last exchange.", chats, conversation.id
+        return chat_view(conversation, shown=views.shown(request.session_hash)), "Removed the last exchange.", chats, \
+            conversation.id
 
     async def on_rename(conversation_id: str | None, title: str, search: str, request: gr.Request) -> tuple[Any, ...]:
         if not conversation_id:
@@ -389,34 +403,37 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             conversation = await service.show_version(request.username, conversation_id, message_id)
         except ChatError as error:
             return gr.update(), problem(error)
-        return chat_view(conversation, service.live_text(conversation)), ""
+        return chat_view(conversation, service.live_text(conversation), views.shown(request.session_hash)), ""
 
-    async def rated(username: str | None, conversation_id: str, rating: Any) -> tuple[Any, ...]:
+    async def rated(username: str | None, conversation_id: str, rating: Any, shown: int) -> tuple[Any, ...]:
         """chatbot, status, comment row, rated message id, comment box after a rating changed."""
         conversation = await holder.get().open(username, conversation_id)
         if rating is None:
-            return chat_view(conversation), "Rating removed.", gr.update(visible=False), "", ""
+            return chat_view(conversation, shown=shown), "Rating removed.", gr.update(visible=False), "", ""
         thumb = "👍" if rating.value == "up" else "👎"
-        return chat_view(conversation), f"Rated {thumb}. Add a short comment below if you like.", gr.update(
-            visible=True), gr.update(), rating.comment or ""
+        note = f"Rated {thumb}. Add a short comment below if you like."
+        return chat_view(conversation, shown=shown), note, gr.update(visible=True), gr.update(), rating.comment or ""
 
     async def on_like(conversation_id: str | None, like: gr.LikeData, request: gr.Request) -> tuple[Any, ...]:
         """The Chatbot's thumbs: up, down, or (clicking the same thumb again) no rating."""
         service, username = holder.get(), request.username
         index = like.index if isinstance(like.index, int) else like.index[0]
+        shown = views.shown(request.session_hash)
         value = LIKED.get(like.liked) if isinstance(like.liked, bool) else None
         conversation = None
         try:
             if not conversation_id:
                 raise ChatError("Open a chat first.")
             conversation = await service.open(username, conversation_id)
-            message = service.shown_message(conversation, index)
+            # bubble i is message hidden + i: a long chat shows only its newest messages
+            message = service.shown_message(conversation, index + shown_messages(conversation, shown)[1])
             comment = message.rating.comment if message.rating else None
             rating = await service.rate(username, conversation_id, message.id, value, comment)
-            _, status, row, _, comment_box = await rated(username, conversation_id, rating)
-            chatbot = marked_view(await service.open(username, conversation_id))
+            _, status, row, _, comment_box = await rated(username, conversation_id, rating, shown)
+            chatbot = marked_view(await service.open(username, conversation_id), shown=shown)
         except ChatError as error:
-            chatbot = marked_view(conversation, service.live_text(conversation)) if conversation else gr.update()
+            live = service.live_text(conversation) if conversation else None
+            chatbot = marked_view(conversation, live, shown) if conversation else gr.update()
             return chatbot, problem(error), gr.update(visible=False), "", ""
         return chatbot, status, row, str(message.id) if rating else "", comment_box
 
@@ -429,7 +446,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 raise ChatError("Open a chat first.")
             rating = await holder.get().rate(request.username, conversation_id, message_id, value or None,
                                              comment or None)
-            chatbot, status, *_ = await rated(request.username, conversation_id, rating)
+            chatbot, status, *_ = await rated(request.username, conversation_id, rating,
+                                              views.shown(request.session_hash))
         except ChatError as error:
             return gr.update(), problem(error)
         return chatbot, status
@@ -441,7 +459,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             if not conversation_id or not message_id:
                 raise ChatError("Rate a reply first (👍 or 👎), then add a comment.")
             await holder.get().comment(request.username, conversation_id, message_id, comment or "")
-            chatbot, *_ = await rated(request.username, conversation_id, None)
+            chatbot, *_ = await rated(request.username, conversation_id, None, views.shown(request.session_hash))
         except ChatError as error:
             return gr.update(), problem(error)
         return chatbot, "Comment saved."
@@ -460,6 +478,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             conversation = await service.open(username, conversation_id)
             edited = service.stored_message(conversation, message_id)
             kept = [] if edited.parent_id is None else path_to(conversation.all_messages(), edited.parent_id)
+            kept = newest(kept, views.shown(session))[0]
             bubbles = with_user_versions(kept, [message_bubble(m) for m in kept])
             bubbles += [{"role": "user", "content": shown_as_text(text or "")}, {"role": "assistant", "content": "…"}]
             options = ChatOptions("", temperature, top_p, int(max_new_tokens))
@@ -468,7 +487,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 yield update if update is not None else (gr.update(),) * 4
         except ChatError as error:
             if views.showing(session, conversation_id):
-                view = chat_view(conversation, service.live_text(conversation)) if conversation else gr.update()
+                live = service.live_text(conversation) if conversation else None
+                view = chat_view(conversation, live, views.shown(session)) if conversation else gr.update()
                 yield view, conversation_id, problem(error), gr.update()
             else:
                 gr.Warning(str(error))
@@ -496,6 +516,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         try:
             if conversation_id:
                 conversation = await holder.get().open(request.username, conversation_id)
+                index += shown_messages(conversation, views.shown(request.session_hash))[1]
                 if 0 <= index < len(conversation.messages):
                     message_id = conversation.messages[index].id
         except ChatError:
@@ -504,18 +525,32 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                                         max_new_tokens, search, request):
             yield update
 
-    def exporter(fmt: str, whole_history: bool) -> Callable[..., Any]:
-        async def export(conversation_id: str | None, request: gr.Request) -> tuple[Any, str]:
-            if not whole_history and not conversation_id:
-                return None, problem(ChatError("Open a chat first."))
-            try:
-                path = await holder.get().export(request.username, fmt, None if whole_history else conversation_id)
-            except ChatError as error:
-                return None, problem(error)
-            return str(path), "Export ready: use the download link."
+    async def earlier_control(conversation_id: str | None, request: gr.Request) -> Any:
+        """The "Show earlier messages" button of the chat on screen: shown when some are left out."""
+        if not conversation_id:
+            return gr.update(visible=False)
+        try:
+            conversation = await holder.get().open(request.username, conversation_id)
+        except ChatError:
+            return gr.update(visible=False)
+        hidden = shown_messages(conversation, views.shown(request.session_hash))[1]
+        return gr.update(visible=hidden > 0, value=earlier_label(hidden))
 
-        export.__name__ = f"export_{'all' if whole_history else 'chat'}_{fmt}"
-        return export
+    async def on_earlier(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """One more page of the open chat's earlier messages."""
+        view = views.page(request.session_hash)
+        shown = more(view.shown_messages if view else PAGE_MESSAGES)
+        if view is not None:
+            view.shown_messages = shown
+        if not conversation_id:
+            return gr.update(), gr.update(visible=False), ""
+        try:
+            conversation = await holder.get().open(request.username, conversation_id)
+        except ChatError as error:
+            return gr.update(), gr.update(visible=False), problem(error)
+        hidden = shown_messages(conversation, shown)[1]
+        bubbles = conversation_bubbles(conversation, holder.get().live_text(conversation), shown)
+        return bubbles, gr.update(visible=hidden > 0, value=earlier_label(hidden)), ""
 
     def forget_page(request: gr.Request) -> None:
         views.forget(request.session_hash)
@@ -552,7 +587,6 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                     export_md = gr.Button("Markdown", size="sm", elem_id="export-md")
                     export_all = gr.Button("All (JSONL)", size="sm", elem_id="export-all")
                     export_prefs = gr.Button("Preferences", size="sm", elem_id="export-preferences")
-                export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
             with gr.Row():
                 gr.Button("Account", link="/account", size="sm", elem_id="account")
                 gr.Button("Log out", link="/logout", size="sm", elem_id="logout")
@@ -567,6 +601,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 1, settings.max_new_tokens, value=min(256, settings.max_new_tokens), step=1, label="Max new tokens",
                 elem_id="max-new-tokens",
             )
+        earlier_button = gr.Button("Show earlier messages", size="sm", visible=False, elem_id="earlier-messages")
         chatbot = gr.Chatbot(
             label="Chat", elem_id="chat", buttons=["copy", "copy_all"], sanitize_html=True, height="65vh",
             placeholder="Start a new chat below, or open one of yours from the sidebar.", show_label=False,
@@ -616,6 +651,11 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         demo.unload(forget_page)
         # the page's address follows the chat on screen, whoever changed it
         conversation_state.change(None, [conversation_state], None, js=SET_ADDRESS_JS)
+        # long chats open at their newest page; the button above the chat brings earlier ones
+        conversation_state.change(earlier_control, [conversation_state], [earlier_button], api_name=False,
+                                  show_progress="hidden")
+        earlier_button.click(on_earlier, [conversation_state], [chatbot, earlier_button, status], api_name="earlier",
+                             show_progress="hidden").then(**marks_after)
         # the radio's choices change per user, so its value is copied in the browser, then checked
         chat_list.input(None, [chat_list], [conversation_state], js=CLOSE_SIDEBAR_ON_PHONE_JS).then(
             on_select, [conversation_state], chat_outputs, api_name="open", show_progress="hidden",
@@ -690,12 +730,13 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             on_delete, [conversation_state, search], [chatbot, conversation_state, confirm_row, status, chat_list],
             api_name="delete",
         ).then(**marks_after)
-        export_json.click(exporter("json", False), [conversation_state], [export_file, status], api_name="export_json")
-        export_md.click(exporter("md", False), [conversation_state], [export_file, status], api_name="export_markdown")
-        export_all.click(exporter("jsonl", True), [conversation_state], [export_file, status], api_name="export_all")
-        export_prefs.click(
-            exporter("preferences", True), [conversation_state], [export_file, status], api_name="export_preferences"
-        )
+        # downloads come from our own route (app/export_route.py), which checks the owner
+        export_json.click(None, [conversation_state], [status], js=export_js("json"), api_name=False)
+        export_md.click(None, [conversation_state], [status], js=export_js("markdown"), api_name=False)
+        export_all.click(None, [conversation_state], [status], js=export_js("jsonl", whole_history=True),
+                         api_name=False)
+        export_prefs.click(None, [conversation_state], [status], js=export_js("preferences", whole_history=True),
+                           api_name=False)
         # a comment box left open belongs to the chat it was opened in
         for opened in (chat_list.input, new_chat_button.click):
             opened(lambda: gr.update(visible=False), None, rating_row, api_name=False, queue=False)

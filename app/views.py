@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from app.message_window import PAGE_MESSAGES
+
 MAX_PAGES = 20_000
 
 
@@ -21,6 +23,7 @@ class PageView:
     conversation_id: str | None = None
     timezone: str = "UTC"
     shown_chats: int = 0
+    shown_messages: int = PAGE_MESSAGES  # of the open chat (see app/message_window.py)
 
 
 class Views:
@@ -50,6 +53,8 @@ class Views:
     def show(self, session: str | None, conversation_id: str | None) -> None:
         view = self.page(session)
         if view is not None:
+            if view.conversation_id != (conversation_id or None):
+                view.shown_messages = PAGE_MESSAGES  # another chat opens at its newest page
             view.conversation_id = conversation_id or None
 
     def showing(self, session: str | None, conversation_id: str | None) -> bool:
@@ -60,6 +65,11 @@ class Views:
     def on_screen(self, session: str | None) -> str | None:
         view = self.page(session)
         return None if view is None else view.conversation_id
+
+    def shown(self, session: str | None) -> int:
+        """How many of the open chat's newest messages this page shows."""
+        view = self.page(session)
+        return view.shown_messages if view is not None else PAGE_MESSAGES
 
     def forget(self, session: str | None) -> None:
         if session:

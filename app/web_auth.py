@@ -1,8 +1,11 @@
 """Our own login, logout, account and sign-up pages (plain HTML forms, no Gradio).
 
 Forms are read with a hard size cap before any parsing or hashing, so a megabyte
-"username" costs nothing. CSRF: the session cookie is ``SameSite=Lax`` and the
-security middleware refuses any POST whose ``Origin`` is not this server.
+"username" costs nothing. CSRF: the session cookie is ``SameSite=Lax``, the security
+middleware refuses any request whose ``Origin`` is not this server, and the forms here
+also refuse a POST that the browser marks as coming from another site or origin
+(``Sec-Fetch-Site``), for the rare browser that leaves ``Origin`` out. Sign-up is
+throttled per client address (``SIGNUPS_PER_WINDOW`` accounts per ``SIGNUP_WINDOW_SECONDS``).
 
 ``POST /login`` also answers API clients: a request that does not ask for HTML gets
 JSON (200 with the cookie, 401 for wrong credentials, 429 when throttled), which is
@@ -13,6 +16,9 @@ from __future__ import annotations
 
 import html
 import logging
+import math
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
@@ -36,6 +42,10 @@ from storage.repository import Repository, UserRecord
 log = logging.getLogger(__name__)
 
 MAX_FORM_BYTES = 8192
+SIGNUPS_PER_WINDOW = 5
+SIGNUP_WINDOW_SECONDS = 600.0
+MAX_TRACKED_ADDRESSES = 10_000
+CROSS_SITE = "This form can only be sent from this server's own page."
 UNAVAILABLE = "The server cannot reach its database right now; try again in a minute."
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8">
@@ -48,6 +58,36 @@ input,button{{display:block;width:100%;box-sizing:border-box;margin:8px 0;paddin
 
 class FormTooLarge(Exception):
     pass
+
+
+class SignupLimiter:
+    """At most ``limit`` sign-ups per address per ``window`` seconds; memory bounded (LRU)."""
+
+    def __init__(self, limit: int = SIGNUPS_PER_WINDOW, window: float = SIGNUP_WINDOW_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self.recent: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def wait_seconds(self, address: str) -> int:
+        """0 when this address may sign up now, else the seconds until it may."""
+        now = self.clock()
+        times = self.recent.get(address)
+        if times is None:
+            return 0
+        while times and now - times[0] >= self.window:
+            times.popleft()
+        return 0 if len(times) < self.limit else max(1, math.ceil(times[0] + self.window - now))
+
+    def record(self, address: str) -> None:
+        self.recent.setdefault(address, deque()).append(self.clock())
+        self.recent.move_to_end(address)
+        while len(self.recent) > MAX_TRACKED_ADDRESSES:
+            self.recent.popitem(last=False)
+
+
+def cross_site_post(request: Request) -> bool:
+    """A form post the browser says came from another site or origin (CSRF)."""
+    return request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
 
 
 async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str, str]:
@@ -100,6 +140,7 @@ def build_auth_router(
     guard: LoginGuard,
     *,
     signup_open: bool,
+    signups: SignupLimiter | None = None,
 ) -> APIRouter:
     """The routes; ``repository``/``sessions`` are looked up per request (they appear at start-up)."""
     router = APIRouter()
@@ -145,6 +186,8 @@ def build_auth_router(
     async def login(request: Request, next: str = "/") -> Response:
         next_path = safe_next(next)
         address = request.client.host if request.client else "unknown"
+        if cross_site_post(request):
+            return refuse(request, CROSS_SITE, 403, next_path)
         try:
             form = await read_form(request)
         except FormTooLarge:
@@ -212,6 +255,8 @@ def build_auth_router(
     @router.post("/account/password", response_model=None)
     async def change_password(request: Request) -> Response:
         address = request.client.host if request.client else "unknown"
+        if cross_site_post(request):
+            return page("Account", message(CROSS_SITE), 403)
         try:
             login = await current(request)
         except DatabaseUnavailable:
@@ -220,7 +265,7 @@ def build_auth_router(
             return RedirectResponse("/login?next=/account", status_code=303)
         try:
             form = await read_form(request)
-            check_password_strength(form.get("new", ""))
+            check_password_strength(form.get("new", ""), login.user.username)
             if await check_credentials(login.user.username, form.get("current", ""), address) is None:
                 return page("Account", account_body(login, "The current password is not right."), 400)
             new_hash = await guard.hash_in_turn(hash_password, form["new"])
@@ -247,7 +292,8 @@ def build_auth_router(
         signup_form = (
             '<form method="post" action="/signup">'
             '<label>Username<input name="username" required maxlength="64" autocomplete="username"></label>'
-            '<label>Password (8+ characters)<input name="password" type="password" required maxlength="1024" '
+            '<label>Password (8+ characters, not easy to guess)'
+            '<input name="password" type="password" required maxlength="1024" '
             'autocomplete="new-password"></label><button type="submit">Sign up</button></form>'
             '<p><a href="/login">Back to log in</a></p>'
         )
@@ -256,14 +302,28 @@ def build_auth_router(
         async def signup_page() -> Response:
             return page("Create an account", signup_form)
 
+        limiter = signups or SignupLimiter()
+
         @router.post("/signup", response_model=None)
         async def signup(request: Request) -> Response:
+            address = request.client.host if request.client else "unknown"
+            if cross_site_post(request):
+                return page("Create an account", message(CROSS_SITE) + signup_form, 403)
+            wait = limiter.wait_seconds(address)
+            if wait:
+                minutes = math.ceil(wait / 60)
+                text = (f"Too many accounts were created from your address; try again in {minutes} "
+                        f"minute{'s' * (minutes != 1)}.")
+                response = page("Create an account", message(text) + signup_form, 429)
+                response.headers["Retry-After"] = str(wait)
+                return response
             try:
                 form = await read_form(request)
                 username, password = form.get("username", ""), form.get("password", "")
-                check_password_strength(password)
+                check_password_strength(password, username)
                 password_hash = await guard.hash_in_turn(hash_password, password)
                 await repository().create_user(username, str(password_hash))
+                limiter.record(address)
             except FormTooLarge:
                 return page("Create an account", message("The form is too large.") + signup_form, 413)
             except (WeakPassword, InvalidInput, Conflict) as error:

@@ -11,8 +11,10 @@
   images only from this server (plus inline code, which Gradio's page needs), nothing
   fetched from elsewhere, no framing, forms post only here.
 - The page takes no files, so Gradio's upload routes are refused.
-- The chat page itself sends people without a login to our login page instead of
-  Gradio's bare 401.
+- FastAPI's schema and docs are off (404).
+- Nothing answers without a login except the login, sign-up and log-out pages and
+  ``/healthz``: the chat page sends people to the login page, every other route
+  (Gradio's API, ``/gradio_api/cancel``, its assets and schema) answers 401.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ SECURITY_HEADERS = {
     "cross-origin-resource-policy": "same-origin",
     "cross-origin-opener-policy": "same-origin",
 }
+# FastAPI's schema and docs (Gradio's mounted app has its own): a map of every route, for no one
+SCHEMA_PATHS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/gradio_api/openapi.json")
+PUBLIC_PATHS = ("/login", "/signup", "/logout", "/healthz")
 UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/process_recording")
 DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 
@@ -91,11 +96,13 @@ class SecurityMiddleware:
         logged_in: Callable[[Request], Awaitable[bool]],
         allowed_origins: Iterable[str] = (),
         page_paths: Iterable[str] = ("/",),
+        public_paths: Iterable[str] = PUBLIC_PATHS,
     ) -> None:
         self.app = app
         self.logged_in = logged_in
         self.allowed_origins = {o for o in (normalise_origin(x) for x in allowed_origins) if o}
         self.page_paths = set(page_paths)
+        self.public_paths = set(public_paths)
 
     def origin_allowed(self, origin: str, host: str | None) -> bool:
         normal = normalise_origin(origin)
@@ -122,17 +129,28 @@ class SecurityMiddleware:
                 return
             await self._answer(scope, receive, send, PlainTextResponse("Cross-origin requests are refused.", 403))
             return
+        path = scope["path"]
         if scope["type"] == "websocket":
+            if not await self.logged_in(Request(scope)):
+                await send({"type": "websocket.close", "code": 1008})
+                return
             await self.app(scope, receive, send)
             return
-        path, method = scope["path"], scope["method"]
+        method = scope["method"]
+        if path.rstrip("/") in SCHEMA_PATHS:
+            await self._answer(scope, receive, send, PlainTextResponse("Not Found", 404))
+            return
         if path.rstrip("/") in UPLOAD_PATHS:
             response = PlainTextResponse("This server accepts no file uploads.", 403)
             await self._answer(scope, receive, send, response)
             return
-        if method in ("GET", "HEAD") and path in self.page_paths and not await self.logged_in(Request(scope)):
-            target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
-            await self._answer(scope, receive, send, RedirectResponse("/login?next=" + quote(target, safe=""), 303))
+        if (path.rstrip("/") or "/") not in self.public_paths and not await self.logged_in(Request(scope)):
+            if method in ("GET", "HEAD") and path in self.page_paths:
+                target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+                response = RedirectResponse("/login?next=" + quote(target, safe=""), 303)
+            else:
+                response = PlainTextResponse("Please log in first.", 401)
+            await self._answer(scope, receive, send, response)
             return
         await self.app(scope, receive, self._with_headers(send))
 

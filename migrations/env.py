@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from app.config import Settings
 from storage.database import create_engine
 from storage.models import Base
+from storage.search_index import include_object
 
 config = context.config
 target_metadata = Base.metadata
@@ -23,7 +24,9 @@ def database_url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=database_url(), target_metadata=target_metadata, render_as_batch=True)
+    context.configure(
+        url=database_url(), target_metadata=target_metadata, render_as_batch=True, include_object=include_object
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -36,7 +39,10 @@ def do_run_migrations(connection: Connection) -> None:
         # itself). SQLite ignores this pragma inside a transaction, so it is set before one.
         connection.connection.dbapi_connection.cursor().execute("PRAGMA foreign_keys=OFF")
     # render_as_batch: SQLite can only ALTER a table by copying it; batch mode does that.
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    # include_object: the search index (FTS5 tables, a GIN index) is made by raw SQL, not by the models
+    context.configure(
+        connection=connection, target_metadata=target_metadata, render_as_batch=True, include_object=include_object
+    )
     with context.begin_transaction():
         context.run_migrations()
         if sqlite:

@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 USERNAME_MAX = 64
+USERNAME_KEY_MAX = 80  # a name's key, or for names that clashed before keys existed, key#id
 TITLE_MAX = 200
 MODEL_NAME_MAX = 200
 SESSION_HASH_LENGTH = 64  # hex SHA-256
@@ -64,9 +65,13 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (Index("ix_users_username_key", "username_key", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     username: Mapped[str] = mapped_column(String(USERNAME_MAX), unique=True)
+    # the name as compared: NFKC + casefold, so "Admin" and "ＡＤＭＩＮ" are taken once "admin" is
+    # (see storage.repository.username_key); unique, and what logins look names up by
+    username_key: Mapped[str] = mapped_column(String(USERNAME_KEY_MAX))
     password_hash: Mapped[str] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

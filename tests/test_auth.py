@@ -50,3 +50,19 @@ def test_password_strength_limits():
         check_password_strength("7chars!")
     with pytest.raises(WeakPassword, match="at most"):
         check_password_strength("x" * 1025)
+
+
+@pytest.mark.parametrize("password, why", [
+    (" " * 8, "at least 8"), ("  pass  ", "at least 8"), ("password", "too easy to guess"),
+    ("passw0rd", "too easy to guess"), ("12345678", "too easy to guess"), ("qwertyuiop", "too easy to guess"),
+    ("Alice-Smith", "must not be the user name"), ("ALICE-SMITH ", "must not be the user name"),
+    ("alice-smith1", "too easy to guess"),
+])
+def test_password_policy_refuses_guessable_passwords_with_a_reason(password, why):
+    with pytest.raises(WeakPassword, match=why):
+        check_password_strength(password, "alice-smith")
+
+
+def test_password_policy_accepts_unremarkable_passphrases():
+    for password in ("plum tree at midnight", "violet-harbour-lamp", "password-123", "x" * 60 + "Q7#kd!2"):
+        check_password_strength(password, "alice")

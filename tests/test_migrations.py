@@ -17,8 +17,10 @@ from sqlalchemy import inspect, text
 from app.config import sqlite_url
 from app.migrate import alembic_config, downgrade, upgrade
 from storage.database import BUSY_TIMEOUT_MS, Database, create_engine
+from storage.errors import Conflict
 from storage.models import Base, UTCDateTime, utcnow
 from storage.repository import NewMessage, Repository
+from storage.search_index import include_object, is_index_table
 from storage.tokens import pack_token_ids, unpack_token_ids
 
 APP_TABLES = {"users", "conversations", "messages", "login_sessions", "ratings"}
@@ -29,7 +31,9 @@ async def schema(url: str) -> tuple[set[str], list[str]]:
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:
-            tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+            tables = await connection.run_sync(
+                lambda sync: {name for name in inspect(sync).get_table_names() if not is_index_table(name)}
+            )
             versions = []
             if "alembic_version" in tables:
                 versions = list((await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars())
@@ -43,7 +47,9 @@ async def model_differences(url: str) -> list:
     try:
         async with engine.connect() as connection:
             return await connection.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+                lambda sync: compare_metadata(
+                    MigrationContext.configure(sync, opts={"include_object": include_object}), Base.metadata
+                )
             )
     finally:
         await engine.dispose()
@@ -156,6 +162,31 @@ async def fill_old_database(url: str, chats: int) -> None:
         await engine.dispose()
 
 
+async def populate_at_0001(url: str, usernames: list[str]) -> None:
+    """Users (each with a chat and a message) written as the 0001 schema was, in plain SQL:
+    today's models would write columns that did not exist then."""
+    await asyncio.to_thread(upgrade, url, "0001")
+    engine = create_engine(url)
+    now = utcnow()
+    try:
+        async with engine.begin() as connection:
+            for index, name in enumerate(usernames, start=1):
+                await connection.execute(
+                    text("INSERT INTO users (id, username, password_hash, is_admin, created_at) "
+                         "VALUES (:id, :name, 'hash', false, :now)"), {"id": index, "name": name, "now": now})
+                await connection.execute(
+                    text("INSERT INTO conversations (id, user_id, title, model, created_at, updated_at) "
+                         "VALUES (:id, :user, 'before the upgrade', 'm', :now, :now)"),
+                    {"id": f"chat-{index}", "user": index, "now": now})
+                await connection.execute(
+                    text("INSERT INTO messages (conversation_id, seq, role, content, token_ids, created_at) "
+                         "VALUES (:chat, 0, 'user', :content, :ids, :now)"),
+                    {"chat": f"chat-{index}", "content": f"kept hydroponics {index}", "ids": b"\x05\0\0\0",
+                     "now": now})
+    finally:
+        await engine.dispose()
+
+
 async def old_rows(url: str) -> tuple[list, list, list]:
     engine = create_engine(url)
     try:
@@ -224,10 +255,47 @@ async def test_the_tree_upgrade_keeps_every_field_of_every_chat(database_url):
     finally:
         await database.dispose()
 
-    # with a second version stored, a downgrade would lose it: it refuses and changes nothing
+    # with a second version stored, a downgrade would lose it: 0003 refuses, and the versions stay.
+    # PostgreSQL runs the whole downgrade in one transaction, so it stays at head; SQLite commits
+    # each revision, so the later ones (an index, a lookup key: nothing a user wrote) are undone.
     with pytest.raises(Exception, match="Refusing to downgrade below 0003"):
         await asyncio.to_thread(downgrade, database_url, "0002")
-    assert (await schema(database_url))[1] == ["0003"]
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    expected = "0003" if database_url.startswith("sqlite") else head
+    assert (await schema(database_url))[1] == [expected]
+    database = Database(database_url)
+    try:
+        still = await Repository(database).get_conversation(chat[1], chat[0])
+        assert still.messages[-1].content == "a second version" and still.messages[-1].version_count == 2
+    finally:
+        await database.dispose()
+
+
+async def test_a_populated_database_upgrades_without_loss(database_url):
+    """0001 -> head on a database with chats (and names that clash by case): nothing lost,
+    logins work, old messages are searchable through the new index."""
+    await populate_at_0001(database_url, ["alice", "Admin", "admin"])
+    await asyncio.to_thread(upgrade, database_url)
+    assert await model_differences(database_url) == []
+    database = Database(database_url)
+    try:
+        repository = Repository(database)
+        users = {user.username: user for user in await repository.list_users()}
+        assert set(users) == {"alice", "Admin", "admin"}
+        for user in users.values():
+            chat = await repository.get_conversation(user.id, f"chat-{user.id}")
+            assert [(m.content, m.token_ids) for m in chat.messages] == [(f"kept hydroponics {user.id}", [5])]
+            assert await repository.get_user(user.username) == user  # each clashing name still logs in
+            assert [c.id for c in await repository.list_conversations(user.id, search="hydroponic")] == [chat.id]
+        assert (await repository.get_user("ALICE")).username == "alice"
+        with pytest.raises(Conflict):
+            await repository.create_user("ADMIN", "hash")
+        expires = utcnow() + timedelta(days=1)
+        await repository.create_login_session(users["alice"].id, "a" * 64, expires)
+        found, _created, _expires = await repository.login_session_user("a" * 64, utcnow())
+        assert found.id == users["alice"].id
+    finally:
+        await database.dispose()
 
 
 async def test_login_sessions_upgrade_a_populated_database_without_loss(database_url):

@@ -9,7 +9,6 @@ import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -146,10 +145,11 @@ def test_another_users_conversation_is_not_found_everywhere(server):
             bob.predict(conversation_id, "", api_name="/undo")[1],
             bob.predict(conversation_id, 0.7, 0.9, 16, "", api_name="/retry")[2],
             bob.predict("hello?", conversation_id, "", 0.7, 0.9, 16, "", api_name="/send")[3],
-            bob.predict(conversation_id, api_name="/export_json")[1],
-            bob.predict(conversation_id, api_name="/export_markdown")[1],
+            *(download(server, bob_cookies, conversation_id, fmt).text for fmt in ("json", "markdown")),
         ]
 
+    bob_cookies = login_cookies(server.url, "bob", PASSWORD)
+    assert download(server, bob_cookies, target, "json").status_code == 404
     stolen, unknown = statuses(target), statuses(str(uuid.uuid4()))
     assert stolen == unknown
     assert all("not found" in status.lower() for status in stolen)
@@ -202,17 +202,23 @@ def test_html_is_stored_verbatim_and_shown_as_text(server):
     assert conversation.title == script and conversation.messages[0].content == f"look {script} here"
 
 
+def download(server, cookies, conversation_id: str, fmt: str) -> httpx.Response:
+    """An export as the page fetches it: ``GET /export/{id|all}?format=...`` with the login cookie."""
+    return httpx.get(f"{server.url}export/{conversation_id}", params={"format": fmt}, cookies=cookies, timeout=60)
+
+
 def test_export_downloads_hold_the_users_chats(server):
     client = client_for(server, "alice")
     _, final = send(client, "export me please")
     conversation_id = final[2]
-    path, status = client.predict(conversation_id, api_name="/export_json")
-    document = json.loads(Path(path).read_text())
-    assert status.startswith("Export ready")
+    cookies = login_cookies(server.url, "alice", PASSWORD)
+    answer = download(server, cookies, conversation_id, "json")
+    assert answer.status_code == 200 and "attachment" in answer.headers["content-disposition"]
+    document = answer.json()
     assert next(m["content"] for m in document["conversations"][0]["messages"]) == "export me please"
-    markdown = Path(client.predict(conversation_id, api_name="/export_markdown")[0]).read_text()
+    markdown = download(server, cookies, conversation_id, "markdown").text
     assert "export me please" in markdown and "**User:** alice" in markdown
-    lines = Path(client.predict(conversation_id, api_name="/export_all")[0]).read_text().splitlines()
+    lines = download(server, cookies, "all", "jsonl").text.splitlines()
     assert all(json.loads(line)["user"] == "alice" for line in lines) and len(lines) >= 2
 
 

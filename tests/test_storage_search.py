@@ -9,12 +9,14 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text, update
 
 import storage.repository as repository_module
 from app.chat import SEARCHES_PER_WINDOW, RateLimited, SearchGate
 from storage.errors import InvalidInput, SearchTooSlow
-from storage.models import utcnow
+from storage.models import Message, utcnow
 from storage.repository import SEARCH_MAX_CHARS, NewMessage, Repository
+from storage.search_index import find_index
 
 FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit " * 40  # ~2.2 kB per message
 
@@ -131,3 +133,45 @@ async def test_searches_of_everyone_together_never_hold_more_than_a_few_connecti
     assert running == ["u1", "u2", "u3"]
     release.set()
     await waiter
+
+
+async def test_the_text_index_finds_substrings_of_the_users_own_messages_and_follows_edits(
+    repository, make_user, monkeypatch
+):
+    monkeypatch.setattr(repository_module, "SCAN_UP_TO_MESSAGES", 1)  # the index even for these few messages
+    alice, bob = await make_user("alice"), await make_user("bob")
+    mine, _ = await repository.start_conversation(
+        alice.id, "plain title", "m", [NewMessage("user", "Our Hydroponics setup leaks"), NewMessage("assistant", "ok")]
+    )
+    theirs, _ = await repository.start_conversation(bob.id, "bob's", "m", [NewMessage("user", "hydroponics for bob")])
+    async with repository.database.reader() as session:
+        assert await find_index(session) == ("fts5" if session.bind.dialect.name == "sqlite" else "trgm")
+
+    async def found(user_id: int, words: str) -> list[str]:
+        return [chat.id for chat in await repository.list_conversations(user_id, search=words)]
+
+    assert await found(alice.id, "DROPONIC") == [mine.id]  # a substring, any case, through the index
+    assert await found(alice.id, "ponics setup") == [mine.id]  # across a space
+    assert await found(bob.id, "droponic") == [theirs.id]  # each sees only their own
+    assert await found(alice.id, "leaks!") == [] and await found(alice.id, 'say "hi"') == []
+    assert await found(alice.id, "Hy") == [mine.id]  # shorter than a trigram: the scoped scan
+
+    # kept in step: edited text (as storage rewrites it), deleted messages, deleted chats
+    retried = await repository.put_reply(
+        alice.id, mine.id, NewMessage("assistant", "now about aquaponics", created_at=utcnow()), after_seq=0
+    )
+    assert await found(alice.id, "aquaponic") == [mine.id]
+    async with repository.database.writer() as session, session.begin():
+        await session.execute(
+            update(Message).where(Message.conversation_id == mine.id, Message.seq == 0).values(content="rewritten")
+        )
+    assert await found(alice.id, "hydroponics") == [] and await found(alice.id, "rewritt") == [mine.id]
+    await repository.delete_messages_from(alice.id, mine.id, retried.seq)
+    assert await found(alice.id, "aquaponic") == []
+    await repository.delete_conversation(bob.id, theirs.id)
+    assert await found(bob.id, "droponic") == []
+    if repository.database.engine.dialect.name == "sqlite":
+        async with repository.database.reader() as session:  # the index holds exactly the live rows
+            hits = "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'hydroponics'"
+            assert await session.scalar(text(hits)) == 0
+            await session.execute(text("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)"))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC
 
+import pytest
 from sqlalchemy import func, select
 
+from storage.errors import Conflict
 from storage.models import Conversation, Message
 from storage.repository import NewMessage
 
@@ -46,3 +48,18 @@ async def test_deleting_a_user_cascades_to_their_chats_only(repository, make_use
     # the name can be reused afterwards, as a new account that sees nothing of the old one
     again = await make_user("alice")
     assert await repository.list_conversations(again.id) == []
+
+
+async def test_names_are_one_whatever_their_case_or_width(repository, make_user):
+    admin = await make_user("admin")
+    for clash in ("Admin", "ADMIN", " aDmIn ", "\uff41\uff44\uff4d\uff49\uff4e", "\uff21dmin"):  # fullwidth too
+        with pytest.raises(Conflict, match="already exists"):
+            await repository.create_user(clash, "hash")
+    for spelling in ("ADMIN", "Admin", "\uff41\uff44\uff4d\uff49\uff4e"):
+        assert await repository.get_user(spelling) == admin  # a login in any case finds the account
+    wide = await repository.create_user("\uff22\uff4f\uff42", "hash")  # stored as plain "Bob"
+    assert wide.username == "Bob" and (await repository.get_user("bob")).id == wide.id
+    await repository.set_password("BOB", "other-hash")
+    assert (await repository.get_user("Bob")).password_hash == "other-hash"
+    await repository.delete_user("bOb")
+    assert [u.username for u in await repository.list_users()] == ["admin"]

@@ -178,11 +178,9 @@ def test_a_tester_chats_reloads_reopens_and_exports(server, pages):
     page.screenshot(path=ARTIFACTS / "3-reopened.png")
 
     page.get_by_text("Open chat: rename, delete, export").click()
-    page.locator("#export-json").click()
-    link = page.locator("#export-file a").first
-    link.wait_for(timeout=30_000)
-    with page.expect_download() as download_info:
-        link.click()
+    with page.expect_download(timeout=30_000) as download_info:  # from GET /export/<id>, owner checked
+        page.locator("#export-json").click()
+    assert download_info.value.suggested_filename.endswith(".json")
     document = json.loads(Path(download_info.value.path()).read_text())
     conversation = document["conversations"][0]
     assert conversation["id"] == conversation_id and conversation["user"] == "tester"

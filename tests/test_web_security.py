@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from gradio_client import Client
 
+from app.export_route import EXPORTS_PER_WINDOW, ExportGate, ExportRefused
 from app.login_guard import (
     FREE_FAILURES_PER_ADDRESS,
     FREE_FAILURES_PER_PAIR,
@@ -21,6 +25,10 @@ from app.login_guard import (
     LoginGuard,
     Throttled,
 )
+from app.message_window import PAGE_MESSAGES
+from storage.database import Database
+from storage.models import utcnow
+from storage.repository import NewMessage, Repository
 from tests.support import PYTHON, ROOT, add_user, api_client, build_tiny_llama, login_cookies, running_server
 
 PASSWORD = "password-123"
@@ -31,7 +39,7 @@ ELSEWHERE = "http://127.0.0.1:9"  # another port of the same host: same site, ot
 def server(tmp_path_factory):
     model = build_tiny_llama(tmp_path_factory.mktemp("security-model"))
     data = tmp_path_factory.mktemp("security-data")
-    with running_server(data, str(model)) as process:
+    with running_server(data, str(model), CHAT_SIGNUP="open", CHAT_SIGNUP_LIMIT="5") as process:
         for name in ("alice", "bob", "erin"):
             add_user(data, name, PASSWORD)
         yield process
@@ -46,7 +54,8 @@ def users_cli(server, *args: str, stdin: str = "") -> None:
 
 def whoami(server, cookies) -> str | None:
     """Who the server takes the holder of ``cookies`` for (None: nobody)."""
-    return httpx.get(server.url + "gradio_api/user", cookies=cookies).json()
+    answer = httpx.get(server.url + "gradio_api/user", cookies=cookies)
+    return answer.json() if answer.status_code == 200 else None  # 401: not logged in
 
 
 def from_address(address: str) -> httpx.Client:
@@ -214,3 +223,179 @@ async def test_password_hashes_run_one_at_a_time_and_a_flood_is_told_to_wait():
     assert most[0] == MAX_CONCURRENT_HASHES  # the model's threads keep the other core(s)
     assert busy and "Too many logins at once" in str(busy[0])
     assert len(outcomes) - len(busy) >= MAX_WAITING_HASHES
+
+
+def sign_up(client: httpx.Client, server, name: str, password: str, **headers: str) -> httpx.Response:
+    return client.post(server.url + "signup", data={"username": name, "password": password}, headers=headers)
+
+
+def test_names_are_one_whatever_their_case_and_passwords_must_be_hard_to_guess(server):
+    with from_address("127.0.0.4") as client:
+        for taken in ("ALICE", "Alice", "\uff41\uff4c\uff49\uff43\uff45"):  # the last in fullwidth letters
+            answer = sign_up(client, server, taken, "a-fine-long-password-1")
+            assert answer.status_code == 400 and "already exists" in answer.text, taken
+        for password, why in [(" " * 12, "at least 8"), ("  short  ", "at least 8"), ("password", "too easy to guess"),
+                              ("passw0rd", "too easy to guess"), ("12345678", "too easy to guess"),
+                              ("Frieda-Novak", "must not be the user name")]:
+            answer = sign_up(client, server, "frieda-novak", password)
+            assert answer.status_code == 400 and why in answer.text, password
+        assert sign_up(client, server, "frieda-novak", "plum tree at midnight").status_code == 303
+    assert whoami(server, login_cookies(server.url, "ALICE", PASSWORD)) == "alice"  # any case logs in
+    assert whoami(server, login_cookies(server.url, "Frieda-Novak", "plum tree at midnight")) == "frieda-novak"
+    weak = httpx.post(server.url + "account/password", cookies=login_cookies(server.url, "alice", PASSWORD),
+                      data={"current": PASSWORD, "new": "Alice"})
+    assert weak.status_code == 400 and "Not changed" in weak.text
+
+
+def test_sign_up_is_throttled_per_address_and_refuses_other_origins(server):
+    with from_address("127.0.0.5") as client:
+        statuses = [sign_up(client, server, f"crowd{i}", "violet-harbour-lamp").status_code for i in range(6)]
+        assert statuses == [303] * 5 + [429]
+        refused = sign_up(client, server, "crowd9", "violet-harbour-lamp")
+        assert "Too many accounts were created from your address; try again in 10 minutes" in refused.text
+    with from_address("127.0.0.6") as client:  # another address is not affected
+        assert sign_up(client, server, "crowd10", "violet-harbour-lamp").status_code == 303
+        # a form on another origin: refused with an Origin header, and by Sec-Fetch-Site without one
+        assert sign_up(client, server, "crowd11", "violet-harbour-lamp", Origin=ELSEWHERE).status_code == 403
+        forged = sign_up(client, server, "crowd11", "violet-harbour-lamp", **{"Sec-Fetch-Site": "cross-site"})
+        assert forged.status_code == 403 and "only be sent from this server" in forged.text
+        login = client.post(server.url + "login", data={"username": "alice", "password": PASSWORD},
+                            headers={"Sec-Fetch-Site": "same-site"})
+        assert login.status_code == 403 and "set-cookie" not in login.headers
+    assert whoami(server, login_cookies(server.url, "crowd10", "violet-harbour-lamp")) == "crowd10"
+    with pytest.raises(RuntimeError, match="401"):  # never created
+        login_cookies(server.url, "crowd11", "violet-harbour-lamp")
+
+
+def test_nothing_answers_without_a_login(server):
+    anonymous = [("POST", "gradio_api/cancel"), ("GET", "config"), ("GET", "gradio_api/info"),
+                 ("GET", "gradio_api/user"), ("GET", "gradio_api/token"), ("POST", "gradio_api/queue/join"),
+                 ("GET", "gradio_api/queue/data?session_hash=x"), ("GET", "theme.css"), ("GET", "manifest.json"),
+                 ("GET", "assets/x.js"),
+                 ("GET", "gradio_api/file=/etc/passwd"), ("GET", "export/all"), ("GET", "favicon.ico")]
+    for method, path in anonymous:
+        answer = httpx.request(method, server.url + path, json={"session_hash": "x", "fn_index": 0, "event_id": "x"})
+        assert answer.status_code == 401 and answer.text == "Please log in first.", (path, answer.status_code)
+    assert httpx.get(server.url).headers["location"].startswith("/login")
+    for public in ("login", "healthz"):
+        assert httpx.get(server.url + public).status_code == 200
+    cookies = login_cookies(server.url, "alice", PASSWORD)
+    for path in ("openapi.json", "docs", "redoc", "gradio_api/openapi.json"):  # no schema for anyone
+        assert httpx.get(server.url + path, cookies=cookies).status_code == 404, path
+        assert httpx.get(server.url + path).status_code == 404, path
+
+
+def raw_event(server, cookies, api_name: str, data: list) -> list:
+    """One Gradio event sent as raw JSON (NaN and Infinity included, which gradio_client
+    refuses to encode but a script can send); returns its output or raises with the error."""
+    config = httpx.get(server.url + "config", cookies=cookies).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
+    session = uuid.uuid4().hex
+    body = json.dumps({"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None})
+    joined = httpx.post(server.url + "gradio_api/queue/join", content=body, cookies=cookies,
+                        headers={"Content-Type": "application/json"})
+    assert joined.status_code == 200, joined.text
+    output = None
+    with httpx.stream("GET", server.url + f"gradio_api/queue/data?session_hash={session}", cookies=cookies,
+                      timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                event = json.loads(line[5:])
+                if event.get("msg") == "process_completed":
+                    output = event.get("output")
+                    break
+    assert output is not None
+    if output.get("data") is None:  # refused by Gradio before our handler ran (a slider's range)
+        raise ValueError(output.get("error"))
+    return output["data"]
+
+
+def test_bad_numbers_lone_surrogates_and_huge_searches_get_a_sentence(server):
+    cookies = login_cookies(server.url, "bob", PASSWORD)
+    for temperature, top_p, max_new_tokens, what in [(0.7, 0.9, float("nan"), "Max new tokens"),
+                                                     (float("inf"), 0.9, 4, "Temperature"),
+                                                     (0.7, float("-inf"), 4, "Top p"),
+                                                     (0.7, 0.9, float("inf"), "Max new tokens")]:
+        try:
+            _chatbot, box, _chat, status, _list = raw_event(
+                server, cookies, "send", ["hello", "", "", temperature, top_p, max_new_tokens, ""])
+        except ValueError as refused:  # Gradio's own range check answers first for infinities
+            assert str(refused).startswith("Value ") and "inf" in str(refused), refused
+            continue
+        assert status.startswith(f"⚠ {what} must be a finite number"), status
+        assert box == "hello"  # kept for another try
+    bad_text = ["bad \ud800 text", "", "", 0.7, 0.9, 4, ""]
+    _chatbot, box, _chat, status, _list = raw_event(server, cookies, "send", bad_text)
+    assert "invalid Unicode" in status and box == "bad \ufffd text"
+    client = api_client(server.url, "bob", PASSWORD)
+    reply = client.predict("still fine?", "", "", 0.7, 0.9, 4, "", api_name="/send")
+    assert reply[3] == "" and reply[0][-1]["content"]  # the stream works on
+
+    no_match = client.predict("x" * 50_000, None, api_name="/search")[-1]
+    text = no_match["value"] if isinstance(no_match, dict) else str(no_match)
+    assert "50,000 characters long; at most 100 allowed" in text
+    assert "SELECT" not in text and "messages" not in text.lower()
+
+
+def test_exports_come_from_an_owner_checked_throttled_route(server):
+    cookies = login_cookies(server.url, "alice", PASSWORD)
+    anonymous = httpx.get(server.url + "export/all", params={"format": "jsonl"})
+    assert anonymous.status_code == 401
+    answers = [httpx.get(server.url + "export/all", params={"format": "jsonl"}, cookies=cookies, timeout=30)
+               for _ in range(EXPORTS_PER_WINDOW + 1)]
+    assert [a.status_code for a in answers[:EXPORTS_PER_WINDOW]] == [200] * EXPORTS_PER_WINDOW
+    assert answers[-1].status_code == 429 and "Too many exports" in answers[-1].text
+    assert int(answers[-1].headers["retry-after"]) >= 1
+    # others are not slowed by alice's exports; a bad format is a sentence
+    bob = login_cookies(server.url, "bob", PASSWORD)
+    assert httpx.get(server.url + "export/all", params={"format": "md"}, cookies=bob).status_code == 200
+    odd = httpx.get(server.url + "export/all", params={"format": "pdf"}, cookies=bob)
+    assert odd.status_code == 400 and "Unknown export format" in odd.text
+
+
+async def test_the_export_gate_runs_one_export_per_user_at_a_time():
+    gate, release = ExportGate(), asyncio.Event()
+
+    async def export(name: str) -> None:
+        async with gate.turn(name):
+            await release.wait()
+
+    running = asyncio.create_task(export("alice"))
+    await asyncio.sleep(0.01)
+    with pytest.raises(ExportRefused, match="still being prepared"):
+        await export("alice")
+    other = asyncio.create_task(export("bob"))
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(running, other)
+
+
+async def test_a_long_chat_opens_at_its_newest_page_and_earlier_ones_come_on_request(server):
+    database = Database(server.database_url)
+    try:
+        repository = Repository(database)
+        alice = await repository.get_user("alice")
+        chat_id, created = str(uuid.uuid4()), utcnow()
+        await repository.import_conversation(
+            alice.id, conversation_id=chat_id, title="a very long chat", model="m", created_at=created,
+            updated_at=created,
+            messages=[NewMessage(("user", "assistant")[i % 2], f"message number {i} " + "x" * 2000)
+                      for i in range(PAGE_MESSAGES * 2 + 50)],
+        )
+    finally:
+        await database.dispose()
+
+    def numbers(chatbot: list[dict]) -> list[int]:
+        return [int(re.search(r"message number (\d+)", str(bubble["content"])).group(1)) for bubble in chatbot]
+
+    client = await asyncio.to_thread(api_client, server.url, "alice", PASSWORD)
+    await asyncio.to_thread(client.predict, api_name="/load")  # a page, as the browser opens one
+    opened = await asyncio.to_thread(client.predict, chat_id, api_name="/open")
+    assert numbers(opened[0]) == list(range(PAGE_MESSAGES + 50, PAGE_MESSAGES * 2 + 50))  # the newest page only
+    earlier = await asyncio.to_thread(client.predict, chat_id, api_name="/earlier")
+    assert numbers(earlier[0]) == list(range(50, PAGE_MESSAGES * 2 + 50))
+    everything = await asyncio.to_thread(client.predict, chat_id, api_name="/earlier")
+    assert numbers(everything[0]) == list(range(PAGE_MESSAGES * 2 + 50))
+    bob = await asyncio.to_thread(api_client, server.url, "bob", PASSWORD)  # and only for its owner
+    refused = await asyncio.to_thread(bob.predict, chat_id, api_name="/earlier")
+    assert "not found" in refused[-1].lower()

@@ -1,0 +1,126 @@
+"""Downloads of a tester's chats through our own route: ``GET /export/{id|all}?format=...``.
+
+Why not Gradio's file component: a file it serves is readable by any logged-in user
+who has its URL, and nothing limited how many "export all" ran at once. Here every
+download is made for the login that asks (another user's chat is "not found", the
+same answer as an id that does not exist), streamed from a temporary file that is
+deleted once sent, and throttled per user: one export at a time and at most
+``EXPORTS_PER_WINDOW`` per ``EXPORT_WINDOW_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+from starlette.background import BackgroundTask
+
+from app.chat import ChatError, ChatService, ConversationNotFound, Unavailable
+from app.export import MEDIA_TYPE
+
+EXPORTS_PER_WINDOW = 10
+EXPORT_WINDOW_SECONDS = 60.0
+MAX_TRACKED_USERS = 10_000
+FORMATS = {"json": "json", "markdown": "md", "md": "md", "jsonl": "jsonl", "preferences": "preferences"}
+ALL = "all"
+
+
+class ExportRefused(Exception):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ExportGate:
+    """Per user: one export running, at most ``limit`` started per ``window`` seconds."""
+
+    def __init__(self, limit: int = EXPORTS_PER_WINDOW, window: float = EXPORT_WINDOW_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self.started: OrderedDict[str, deque[float]] = OrderedDict()
+        self.running: set[str] = set()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, username: str) -> AsyncIterator[None]:
+        if username in self.running:
+            raise ExportRefused("Your previous export is still being prepared; wait for it to finish.", 5)
+        now = self.clock()
+        times = self.started.setdefault(username, deque())
+        self.started.move_to_end(username)
+        while times and now - times[0] >= self.window:
+            times.popleft()
+        if len(times) >= self.limit:
+            wait = max(1, math.ceil(times[0] + self.window - now))
+            raise ExportRefused(f"Too many exports in a short time; try again in {wait} seconds.", wait)
+        times.append(now)
+        while len(self.started) > MAX_TRACKED_USERS:
+            self.started.popitem(last=False)
+        self.running.add(username)
+        try:
+            yield
+        finally:
+            self.running.discard(username)
+
+
+def build_export_router(
+    service: Callable[[], ChatService],
+    username_of: Callable[[Request], Awaitable[str | None]],
+    gate: ExportGate | None = None,
+) -> APIRouter:
+    router = APIRouter()
+    exports = gate or ExportGate()
+
+    @router.get("/export/{conversation_id}", response_model=None)
+    async def export(conversation_id: str, request: Request, format: str = "json") -> Response:
+        username = await username_of(request)
+        if not username:
+            return PlainTextResponse("Please log in first.", 401)
+        fmt = FORMATS.get(format.lower())
+        if fmt is None:
+            return PlainTextResponse("Unknown export format; use json, markdown, jsonl or preferences.", 400)
+        try:
+            async with exports.turn(username):
+                path = await service().export(username, fmt, None if conversation_id == ALL else conversation_id)
+        except ExportRefused as refused:
+            return PlainTextResponse(str(refused), 429, headers={"Retry-After": str(refused.retry_after)})
+        except ConversationNotFound as error:
+            return PlainTextResponse(str(error), 404)
+        except Unavailable as error:
+            return PlainTextResponse(str(error), 503, headers={"Retry-After": "30"})
+        except ChatError as error:
+            return PlainTextResponse(str(error), 400)
+        return FileResponse(
+            path, media_type=MEDIA_TYPE[fmt], filename=path.name,
+            background=BackgroundTask(shutil.rmtree, Path(path).parent, ignore_errors=True),
+        )
+
+    return router
+
+
+def export_js(format_name: str, *, whole_history: bool = False) -> str:
+    """The page's export button: fetch the route, save the file, or show the refusal in the status line."""
+    target = "'all'" if whole_history else "encodeURIComponent(id || '')"
+    return f"""
+async (id) => {{
+  if (!{'true' if whole_history else 'id'}) return ['⚠ Open a chat first.'];
+  const answer = await fetch('/export/' + {target} + '?format={format_name}', {{credentials: 'same-origin'}});
+  if (!answer.ok) return ['⚠ ' + (await answer.text()).slice(0, 300)];
+  const disposition = answer.headers.get('content-disposition') || '';
+  const named = /filename\\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(disposition);
+  const link = document.createElement('a');
+  link.href = URL.createObjectURL(await answer.blob());
+  link.download = named ? decodeURIComponent(named[1]) : 'export';
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+  return ['Export downloaded: ' + link.download];
+}}
+"""
