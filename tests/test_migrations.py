@@ -102,7 +102,8 @@ async def populate_as_of_0001(url: str) -> tuple[int, list[str]]:
                 await connection.execute(
                     text("INSERT INTO messages (conversation_id, seq, role, content, token_ids, created_at) "
                          "VALUES (:id, 0, 'user', :content, :ids, :t)"),
-                    {"id": chat_id, "content": f"kept {number}", "ids": pack_token_ids([5, 70_000 + number]), "t": moment},
+                    {"id": chat_id, "content": f"kept {number}", "ids": pack_token_ids([5, 70_000 + number]),
+                     "t": moment},
                 )
     finally:
         await engine.dispose()
