@@ -165,7 +165,7 @@ def test_a_tester_chats_reloads_reopens_and_exports(server, pages):
     assert len(seen) >= 3, f"the reply did not stream: {seen}"  # several growing versions were shown
     settled = wait_until_settled(page)
     page.screenshot(path=ARTIFACTS / "2-replied.png")
-    assert "failed" not in settled
+    assert "the model failed" not in settled  # (random words may include "failed")
     assert re.search(r"\d+ tokens · first token \d+\.\d\d s · \d+\.\d tokens/s", settled)  # the reply's figures
     assert page.evaluate("() => window.__pwned") is None
     user_bubble = page.locator(USER_BUBBLES).first.inner_text()
@@ -605,38 +605,37 @@ def test_the_chat_list_reaches_every_chat(server, pages):
     wait_for(lambda: "message 0" in page.locator(USER_BUBBLES).first.inner_text(), timeout=10)
 
 
-def test_ctrl_c_with_pages_open_is_quick_and_quiet(tmp_path):
+def test_ctrl_c_with_pages_open_is_quick_and_quiet(tmp_path, pages):
     """A fresh server prints the admin password last, in a box; Ctrl-C with a tab open ends
     within 3 s when idle and within the grace period when a reply streams, with no traceback."""
     from app.server import SHUTDOWN_GRACE_SECONDS
     from tests.support import ServerProcess
 
     model = build_tiny_llama(tmp_path / "model")
-    with browser_pages() as new_page:
-        for busy in (False, True):
-            data = tmp_path / f"data-{busy}"
-            data.mkdir()
-            process = ServerProcess(data, str(model), {"CHAT_MAX_NEW_TOKENS": "3000"}).start()
-            try:
-                start_log = process.log().rstrip()
-                box = start_log[start_log.index("Serving "):]
-                password = re.search(r"\| +password: (\S+) +\|", box).group(1)
-                assert box.splitlines()[-1].startswith("+---") and box.count("password") == 2  # the box is last
-                page = new_page()
-                log_in(page, process.url, "admin", password)  # the printed password works
-                if busy:
-                    set_max_new_tokens(page, 3000)
-                    send_with_enter(page, "a long reply while the server stops")
-                    wait_for(page.locator("#stop").is_visible, timeout=60)  # a reply is under way
-                    page.wait_for_timeout(1000)
-                started = time.monotonic()
-                process.process.send_signal(signal.SIGINT)
-                assert process.process.wait(30) == 0
-                took = time.monotonic() - started
-            finally:
-                process.kill()
-            limit = SHUTDOWN_GRACE_SECONDS + 3 if busy else 3.0
-            assert took < limit, (busy, took)
-            shutdown_log = process.log()[len(start_log):]
-            assert "Traceback" not in shutdown_log and "Error" not in shutdown_log, shutdown_log
-            assert shutdown_log.rstrip().endswith("Stopped cleanly.")
+    for busy in (False, True):
+        data = tmp_path / f"data-{busy}"
+        data.mkdir()
+        process = ServerProcess(data, str(model), {"CHAT_MAX_NEW_TOKENS": "3000"}).start()
+        try:
+            start_log = process.log().rstrip()
+            box = start_log[start_log.index("Serving "):]
+            password = re.search(r"\| +password: (\S+) +\|", box).group(1)
+            assert box.splitlines()[-1].startswith("+---") and box.count("password") == 2  # the box is last
+            page = pages()
+            log_in(page, process.url, "admin", password)  # the printed password works
+            if busy:
+                set_max_new_tokens(page, 3000)
+                send_with_enter(page, "a long reply while the server stops")
+                wait_for(page.locator("#stop").is_visible, timeout=60)  # a reply is under way
+                page.wait_for_timeout(1000)
+            started = time.monotonic()
+            process.process.send_signal(signal.SIGINT)
+            assert process.process.wait(30) == 0
+            took = time.monotonic() - started
+        finally:
+            process.kill()
+        limit = SHUTDOWN_GRACE_SECONDS + 3 if busy else 3.0
+        assert took < limit, (busy, took)
+        shutdown_log = process.log()[len(start_log):]
+        assert "Traceback" not in shutdown_log and "Error" not in shutdown_log, shutdown_log
+        assert shutdown_log.rstrip().endswith("Stopped cleanly.")
