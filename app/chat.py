@@ -381,7 +381,7 @@ class ChatService:
     async def last_options(self, username: str | None) -> ChatOptions | None:
         """The settings of the user's most recently active chat: the defaults for a new one."""
         user_id = await self.user_id(username)
-        latest = await self.repository.list_conversations(user_id, limit=1)
+        latest = await self.repository.list_conversations(user_id, limit=1, pinned_first=False)
         if not latest:
             return None
         try:
@@ -443,6 +443,15 @@ class ChatService:
             raise ConversationNotFound() from None
         except InvalidInput as error:
             raise ChatError(f"Cannot rename: {error}.") from None
+
+    async def pin(self, username: str | None, conversation_id: str, pinned: bool) -> None:
+        """Keep a chat at the top of the list (or let it go back to its place by time)."""
+        user_id = await self.user_id(username)
+        try:
+            with database_faults(CANNOT_SAVE):
+                await self.repository.set_pinned(user_id, conversation_id, pinned)
+        except NotFound:
+            raise ConversationNotFound() from None
 
     async def delete(self, username: str | None, conversation_id: str) -> None:
         user_id = await self.user_id(username)

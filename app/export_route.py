@@ -99,28 +99,8 @@ def build_export_router(
         return FileResponse(
             path, media_type=MEDIA_TYPE[fmt], filename=path.name,
             background=BackgroundTask(shutil.rmtree, Path(path).parent, ignore_errors=True),
+            headers={"Cache-Control": "no-store"},  # a tester's chats stay out of shared caches
         )
 
     return router
 
-
-def export_js(format_name: str, *, whole_history: bool = False) -> str:
-    """The page's export button: fetch the route, save the file, or show the refusal in the status line."""
-    target = "'all'" if whole_history else "encodeURIComponent(id || '')"
-    return f"""
-async (id) => {{
-  if (!{'true' if whole_history else 'id'}) return ['⚠ Open a chat first.'];
-  const answer = await fetch('/export/' + {target} + '?format={format_name}', {{credentials: 'same-origin'}});
-  if (!answer.ok) return ['⚠ ' + (await answer.text()).slice(0, 300)];
-  const disposition = answer.headers.get('content-disposition') || '';
-  const named = /filename\\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(disposition);
-  const link = document.createElement('a');
-  link.href = URL.createObjectURL(await answer.blob());
-  link.download = named ? decodeURIComponent(named[1]) : 'export';
-  document.body.appendChild(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
-  return ['Export downloaded: ' + link.download];
-}}
-"""

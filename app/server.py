@@ -26,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.routing import Mount
 
 from app.auth import generate_password, hash_password
 from app.chat import ChatService
@@ -61,27 +62,38 @@ REFUSAL_HEADROOM = 32
 QUICK_EVENT_WORKERS = 64
 
 
-async def ensure_first_admin(repository: Repository) -> None:
-    """On an empty database create ``admin`` and print its password once.
+async def ensure_first_admin(repository: Repository) -> str | None:
+    """On an empty database create ``admin``; returns the generated password to show once.
 
-    ``CHAT_ADMIN_PASSWORD`` sets it instead (scripts, tests); either way no
-    account exists without a password.
+    ``CHAT_ADMIN_PASSWORD`` sets it instead (scripts, tests; None is returned); either
+    way no account exists without a password. The caller prints the password last,
+    once the server answers, so it does not scroll away among start-up lines.
     """
     if await repository.count_users() > 0:
-        return
+        return None
     password = os.environ.get("CHAT_ADMIN_PASSWORD") or generate_password()
     await repository.create_user(FIRST_ADMIN, hash_password(password), is_admin=True)
     if os.environ.get("CHAT_ADMIN_PASSWORD"):
         print(f"Created the first admin account '{FIRST_ADMIN}' with the password from CHAT_ADMIN_PASSWORD.")
-    else:
-        bar = "=" * 72
-        print(
-            f"\n{bar}\nCreated the first admin account.\n  username: {FIRST_ADMIN}\n  password: {password}\n"
-            "This password is shown only now. Add testers with:\n"
-            "  .venv/bin/python -m app users add NAME\n"
-            f"{bar}\n",
-            flush=True,
-        )
+        return None
+    return password
+
+
+def password_box(password: str) -> str:
+    """The first admin's password in a box, the last thing on the console at start."""
+    lines = [
+        "First start: created the admin account.",
+        "",
+        f"  username: {FIRST_ADMIN}",
+        f"  password: {password}",
+        "",
+        "This password is shown only now. Add testers with:",
+        "  .venv/bin/python -m app users add NAME",
+    ]
+    width = max(len(line) for line in lines) + 2
+    rows = [f"| {line.ljust(width - 2)} |" for line in lines]
+    edge = "+" + "-" * width + "+"
+    return "\n".join(["", edge, *rows, edge, ""])
 
 
 def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
@@ -102,7 +114,7 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
             except StorageUnavailable:
                 log.warning("%d replies from the last run wait for the database", journal.backlog)
         replayer = asyncio.create_task(journal.keep_replaying(repository), name="journal-replay")
-        await ensure_first_admin(repository)
+        resources["first_admin_password"] = await ensure_first_admin(repository)
         engine = build_engine(settings, loaded)
         engine.start()
         await engine.wait_ready()
@@ -123,7 +135,6 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
             export_dir=export_dir,
             journal=journal,
         )
-        print(f"Serving {loaded.name} on http://{settings.host}:{settings.port}", flush=True)
         try:
             yield
         finally:
@@ -148,8 +159,16 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
         if holder.service is not None:
             await holder.service.replies_settled(STORE_AFTER_SHUTDOWN_SECONDS)
 
+    def announce() -> None:
+        """Once uvicorn listens: where to go, then (first start only) the admin password, last."""
+        print(f"Serving {loaded.name} on http://{settings.host}:{settings.port} (Ctrl-C stops)", flush=True)
+        password = resources.pop("first_admin_password", None)
+        if isinstance(password, str):
+            print(password_box(password), flush=True)
+
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.drain = drain
+    app.state.announce = announce
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -253,10 +272,23 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
 
     blocks = build_ui(holder, settings)
     size_queue(blocks, settings)
-    return gr.mount_gradio_app(
+    served = gr.mount_gradio_app(
         app, blocks, path="/", auth_dependency=current_username, css=CSS, js=PAGE_JS, ssr_mode=False, footer_links=[],
         max_file_size=1,  # no uploads (the middleware refuses the route; this is a second lock)
     )
+    gradio_app = next(route.app for route in served.routes if isinstance(route, Mount))
+
+    def end_page_streams() -> None:
+        """End every open page's heartbeat stream (Gradio's own stop signal for them).
+
+        Each open tab holds one; left open, uvicorn waits its whole graceful time-out
+        for them and then cancels them with a CancelledError traceback per tab."""
+        stop_event = getattr(gradio_app, "stop_event", None)
+        if stop_event is not None:
+            stop_event.set()
+
+    app.state.end_page_streams = end_page_streams
+    return served
 
 
 def size_queue(blocks: gr.Blocks, settings: Settings) -> None:
@@ -284,15 +316,27 @@ class DrainingServer(uvicorn.Server):
     streams would be cut before the engine's grace period began.
     """
 
-    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]], end_page_streams: Callable[[], None],
+        announce: Callable[[], None],
+    ) -> None:
         super().__init__(config)
         self.drain = drain
+        self.end_page_streams = end_page_streams
+        self.announce = announce
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            self.announce()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         try:
             await self.drain()
         except Exception:
             log.exception("draining the replies failed")
+        # the replies are stored and their pages told; what stays open is the pages' idle streams
+        self.end_page_streams()
         await super().shutdown(sockets)
 
 
@@ -353,9 +397,17 @@ def serve(settings: Settings) -> int:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10
     )
-    server = DrainingServer(config, app.state.drain)
+    server = DrainingServer(config, app.state.drain, app.state.end_page_streams, app.state.announce)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
         server.run()
-    return 0 if server.started else 1
+    if not server.started:
+        return 1
+    # Everything is stored and closed by now ("Stopped cleanly."). What remains is the
+    # interpreter tearing down torch, the prepacked kernels and the KV buffers, which took
+    # 3-5 s after every Ctrl-C here: leave at once instead.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(0)
 
 

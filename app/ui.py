@@ -12,6 +12,7 @@ that page, so opening another chat mid-reply shows that chat and nothing else.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import html
 from collections.abc import AsyncIterator
@@ -22,10 +23,10 @@ import gradio as gr
 from app import chat_list as listing
 from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted, options_of, valid_text
 from app.config import Settings
-from app.export_route import export_js
 from app.message_window import PAGE_MESSAGES, earlier_label, more, newest
 from app.page_assets import (
-    CLOSE_SIDEBAR_ON_PHONE_JS,
+    CHAT_LIST_JS,
+    NEW_CHAT_JS,
     PICKED_VERSION_JS,
     SET_ADDRESS_JS,
     TIMEZONE_JS,
@@ -48,8 +49,19 @@ from storage.tree import path_to
 LIKED = {True: "up", False: "down"}
 
 REPLY_EVENTS = "replies"
-NO_MATCH = "No chats match your search."
 STOP_WAIT_STEPS = 15
+
+
+# The sidebar's chat list as the page shows it (rendered by app/chat_list.py). It is left
+# out of the API: API clients read the same list as (label, id) choices of the hidden
+# radio, so this page-only output changes no endpoint's shape. Gradio's ComponentMeta
+# would also write a .pyi stub into our source tree for any Component subclass; for a
+# subclass that adds no events or constructor, ABCMeta.__new__ (what ComponentMeta ends
+# with) builds the same class without that side effect.
+ChatRows = abc.ABCMeta.__new__(
+    type(gr.HTML), "ChatRows", (gr.HTML,),
+    {"skip_api": property(lambda _self: True), "__module__": __name__, "__qualname__": "ChatRows"},
+)
 
 
 class ServiceHolder:
@@ -63,6 +75,11 @@ class ServiceHolder:
             raise ChatError("The server is still starting; try again in a few seconds.")
         return self.service
 
+
+
+def has_exchange(conversation: ConversationRecord | None) -> bool:
+    """Retry and Undo only make sense once the chat has a message of the tester's."""
+    return conversation is not None and any(m.role == "user" for m in conversation.messages)
 
 
 def problem(error: Exception) -> str:
@@ -92,24 +109,33 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             max(1, min(int(options.max_new_tokens), settings.max_new_tokens)),
         )
 
-    def button_updates(replying: bool) -> tuple[Any, Any]:
-        """Send and Stop share one place: Stop shows while the chat on screen has a reply coming."""
-        return gr.update(visible=not replying), gr.update(visible=replying)
+    def button_updates(replying: bool, exchange: bool | None = None) -> tuple[Any, Any, Any]:
+        """Send and Stop share one place: Stop shows while the chat on screen has a reply coming.
+        Retry/Undo show only under a chat with an exchange and no reply coming (None: leave as is)."""
+        if replying:
+            actions = gr.update(visible=False)
+        else:
+            actions = gr.update() if exchange is None else gr.update(visible=exchange)
+        return gr.update(visible=not replying), gr.update(visible=replying), actions
 
     async def list_updates(username: str | None, search: str, session: str | None, value: Any) -> tuple[Any, ...]:
-        """The chat list (a page of it, more on request), its "show more" button and its no-match line."""
+        """The chat list (data for API clients, rows for the page; a page of it, more on request),
+        its "show more" button and its note line."""
         view = views.page(session)
         shown = max(listing.PAGE_SIZE, view.shown_chats if view else 0)
         summaries = await holder.get().list_conversations(username, search or "", limit=shown + 1)
         more = len(summaries) > shown
-        choices = listing.choices(summaries[:shown], view.timezone if view else None)
+        timezone = view.timezone if view else None
+        choices = listing.choices(summaries[:shown], timezone)
+        rows = listing.render(summaries[:shown], timezone, value, searching=bool((search or "").strip()))
         if value is not None and value not in {c[1] for c in choices}:
             value = None
-        return (
-            gr.update(choices=choices, value=value),
-            gr.update(visible=more),
-            gr.update(value=NO_MATCH if (search or "").strip() and not choices else "", visible=True),
-        )
+        return gr.update(choices=choices, value=value), rows, gr.update(visible=more), gr.update(value="")
+
+    async def lists(username: str | None, search: str, session: str | None, value: Any) -> tuple[Any, Any]:
+        """Just the list itself (data and rows), after a change to it."""
+        chats, rows, _more, _note = await list_updates(username, search, session, value)
+        return chats, rows
 
     def chat_view(
         conversation: ConversationRecord | None, live: str | None = None, shown: int = PAGE_MESSAGES
@@ -145,14 +171,14 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         return gr.update(feedback_value=marks(conversation, conversation_bubbles(conversation, live, shown), shown))
 
     async def chat_updates(conversation: ConversationRecord | None) -> tuple[Any, ...]:
-        """chatbot, conversation id, status, send, stop, and the chat's settings."""
+        """chatbot, conversation id, status, send, stop, retry/undo, and the chat's settings."""
         service = holder.get()
         if conversation is None:
-            return ([], None, "", *button_updates(False), *settings_updates(None))
+            return ([], None, "", *button_updates(False, False), *settings_updates(None))
         live = service.live_text(conversation)
         return (
-            chat_view(conversation, live), conversation.id, "", *button_updates(live is not None),
-            *settings_updates(options_of(conversation)),
+            chat_view(conversation, live), conversation.id, "",
+            *button_updates(live is not None, has_exchange(conversation)), *settings_updates(options_of(conversation)),
         )
 
     async def on_load(timezone: str, request: gr.Request) -> tuple[Any, ...]:
@@ -171,13 +197,16 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         chat = list(await chat_updates(conversation))
         try:
             if conversation is None:
-                chat[5:] = settings_updates(await service.last_options(username))
-            chat_list, more, no_match = await list_updates(username, "", session, conversation and conversation.id)
+                chat[6:] = settings_updates(await service.last_options(username))
+            chat_list, rows, more, no_match = await list_updates(
+                username, "", session, conversation and conversation.id
+            )
         except ChatError as error:  # the database is unavailable: say so in words, show an empty list
             note = problem(error)
-            chat_list, more, no_match = gr.update(choices=[], value=None), gr.update(visible=False), gr.update()
+            chat_list, rows = gr.update(choices=[], value=None), ""
+            more, no_match = gr.update(visible=False), gr.update()
         chatbot, conversation_id, _status, *rest = chat
-        return (greeting, chat_list, chatbot, conversation_id, note, more, no_match, *rest)
+        return (greeting, chat_list, chatbot, conversation_id, note, more, no_match, *rest, rows)
 
     async def on_select(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         views.show(request.session_hash, conversation_id)
@@ -187,14 +216,22 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             conversation = await holder.get().open(request.username, conversation_id)
         except ChatError as error:
             views.show(request.session_hash, None)
-            return ([], None, problem(error), *button_updates(False), *settings_updates(None))
+            return ([], None, problem(error), *button_updates(False, False), *settings_updates(None))
         return await chat_updates(conversation)
+
+    def picked_row(evt: gr.EventData) -> tuple[str, str, bool]:
+        """A click in the chat list: which chat (and the new title or pin state), checked."""
+        row = listing.read_row_event(getattr(evt, "_data", None))
+        return row.conversation_id, row.title, row.pinned
+
+    def picked_chat(evt: gr.EventData) -> str:
+        return picked_row(evt)[0]
 
     async def on_search(search: str, current: str | None, request: gr.Request) -> tuple[Any, ...]:
         try:
             return await list_updates(request.username, search, request.session_hash, current)
         except ChatError as error:
-            return gr.update(), gr.update(), gr.update(value=problem(error), visible=True)
+            return gr.update(), gr.update(), gr.update(), gr.update(value=problem(error))
 
     async def on_clear_search(current: str | None, request: gr.Request) -> tuple[Any, ...]:
         return ("", *await list_updates(request.username, "", request.session_hash, current))
@@ -209,13 +246,13 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         views.show(request.session_hash, None)
         chatbot, conversation_id, status, *rest = await chat_updates(None)
         options = await holder.get().last_options(request.username)
-        return (chatbot, conversation_id, gr.update(value=None), status, *rest[:2], *settings_updates(options))
+        return (chatbot, conversation_id, gr.update(value=None), status, *rest[:3], *settings_updates(options))
 
     async def relay(
         events: AsyncIterator[ChatEvent], bubbles: list[dict[str, str]], origin: str | None,
         username: str | None, search: str, session: str | None,
     ) -> AsyncIterator[tuple[Any, ...] | None]:
-        """Service events to (chatbot, conversation id, status, chat list); None while off screen."""
+        """Service events to (chatbot, conversation id, status, chat list, rows); None while off screen."""
         conversation_id = origin
         async for event in events:
             if event.kind == "conversation":
@@ -223,8 +260,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                     views.show(session, event.conversation_id)  # the new chat is the one on screen
                 conversation_id = event.conversation_id
                 if views.showing(session, conversation_id):
-                    chats, _more, _no_match = await list_updates(username, search, session, conversation_id)
-                    yield bubbles, conversation_id, "", chats
+                    chats, rows = await lists(username, search, session, conversation_id)
+                    yield bubbles, conversation_id, "", chats, rows
                 else:
                     yield None
                 continue
@@ -240,7 +277,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 bubbles[-1] = {"role": "assistant", "content": (text + "\n\n" if text else "") + "*(stopped)*"}
             else:
                 bubbles[-1] = {"role": "assistant", "content": shown_as_text(event.text) or "…"}
-            yield (bubbles, conversation_id, status, gr.update()) if views.showing(session, conversation_id) else None
+            unchanged = gr.update(), gr.update()
+            yield (bubbles, conversation_id, status, *unchanged) if views.showing(session, conversation_id) else None
 
     async def on_send(
         text: str, conversation_id: str | None, system_prompt: str, temperature: float, top_p: float,
@@ -249,11 +287,11 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         username, session = request.username, request.session_hash
         service = holder.get()
         conversation_id = conversation_id or None
-        unchanged = (gr.update(),) * 5
+        unchanged = (gr.update(),) * 6
         try:
             before = await service.open(username, conversation_id) if conversation_id else None
         except ChatError as error:
-            yield [], valid_text(text or ""), None, problem(error), gr.update()
+            yield [], valid_text(text or ""), None, problem(error), gr.update(), gr.update()
             return
         bubbles = conversation_bubbles(before, shown=views.shown(session))
         if before is not None and interrupted(before):
@@ -268,14 +306,14 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 if update is None:
                     yield unchanged
                     continue
-                chatbot, current_id, status, chats = update
+                chatbot, current_id, status, chats, rows = update
                 # the textbox empties only once the message is safely stored
-                yield chatbot, ("" if not cleared else gr.update()), current_id, status, chats
+                yield chatbot, ("" if not cleared else gr.update()), current_id, status, chats, rows
                 cleared = True
         except ChatError as error:  # busy, rate limit, bad input: the typed text goes back
             if views.showing(session, conversation_id):
                 # the typed text goes back as it was, save what JSON cannot carry (a lone surrogate)
-                yield history, valid_text(text or ""), conversation_id, problem(error), gr.update()
+                yield history, valid_text(text or ""), conversation_id, problem(error), gr.update(), gr.update()
             else:
                 gr.Warning(str(error))
                 yield unchanged
@@ -286,17 +324,18 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
     ) -> AsyncIterator[tuple[Any, ...]]:
         username, session = request.username, request.session_hash
         service = holder.get()
+        keep = gr.update(), gr.update()
         if not conversation_id:
-            yield gr.update(), conversation_id, problem(ChatError("Open a chat first.")), gr.update()
+            yield gr.update(), conversation_id, problem(ChatError("Open a chat first.")), *keep
             return
         try:
             conversation = await service.open(username, conversation_id)
             last_user = max(i for i, m in enumerate(conversation.messages) if m.role == "user")
         except ChatError as error:
-            yield gr.update(), conversation_id, problem(error), gr.update()
+            yield gr.update(), conversation_id, problem(error), *keep
             return
         except ValueError:
-            yield gr.update(), conversation_id, problem(ChatError("There is no message to retry yet.")), gr.update()
+            yield gr.update(), conversation_id, problem(ChatError("There is no message to retry yet.")), *keep
             return
         kept = newest(conversation.messages[: last_user + 1], views.shown(session))[0]
         bubbles = with_user_versions(kept, [*(message_bubble(m) for m in kept), {"role": "assistant", "content": "…"}])
@@ -304,15 +343,15 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         try:
             events = service.retry(username, conversation_id, options)
             async for update in relay(events, bubbles, conversation_id, username, search, session):
-                yield update if update is not None else (gr.update(),) * 4
+                yield update if update is not None else (gr.update(),) * 5
         except ChatError as error:
             if views.showing(session, conversation_id):
-                yield chat_view(conversation, shown=views.shown(session)), conversation_id, problem(error), gr.update()
+                yield chat_view(conversation, shown=views.shown(session)), conversation_id, problem(error), *keep
             else:
                 gr.Warning(str(error))
-                yield (gr.update(),) * 4
+                yield (gr.update(),) * 5
 
-    def begin_reply() -> tuple[Any, Any]:
+    def begin_reply() -> tuple[Any, Any, Any]:
         return button_updates(True)
 
     async def end_reply(request: gr.Request) -> tuple[Any, ...]:
@@ -320,15 +359,15 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         that chat as stored (its version switches and ratings), unless a reply still streams there."""
         conversation_id = views.on_screen(request.session_hash)
         if not conversation_id:
-            return (gr.update(), *button_updates(False))
+            return (gr.update(), *button_updates(False, False))
         try:
             conversation = await holder.get().open(request.username, conversation_id)
         except ChatError:
-            return (gr.update(), *button_updates(False))
+            return (gr.update(), *button_updates(False, False))
         live = holder.get().live_text(conversation)
         shown = views.shown(request.session_hash)
         return (gr.update() if live is not None else marked_view(conversation, shown=shown),
-                *button_updates(live is not None))
+                *button_updates(live is not None, has_exchange(conversation)))
 
     async def on_stop(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Stop the reply of the chat on screen at once; its stream shows and stores it as stopped."""
@@ -339,58 +378,76 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             for _ in range(STOP_WAIT_STEPS):
                 target = conversation_id or views.on_screen(request.session_hash)
                 if await service.stop(request.username, target):
-                    return "Stopped.", *button_updates(False)
+                    return "Stopped.", *button_updates(False, True)
                 await asyncio.sleep(0.1)
         except ChatError as error:
             return problem(error), *button_updates(False)
         return "Nothing to stop.", *button_updates(False)
 
     async def on_undo(conversation_id: str | None, search: str, request: gr.Request) -> tuple[Any, ...]:
+        """chatbot, status, chat list, conversation id, rows, send, stop, retry/undo."""
+        keep = (gr.update(),) * 4
         if not conversation_id:
-            return gr.update(), problem(ChatError("Open a chat first.")), gr.update(), gr.update()
+            return gr.update(), problem(ChatError("Open a chat first.")), gr.update(), gr.update(), *keep
         try:
             conversation = await holder.get().undo(request.username, conversation_id)
         except ChatError as error:
-            return gr.update(), problem(error), gr.update(), gr.update()
-        chats, _more, _no_match = await list_updates(
-            request.username, search, request.session_hash, conversation and conversation.id
-        )
-        if conversation is None:
+            return gr.update(), problem(error), gr.update(), gr.update(), *keep
+        chats, rows = await lists(request.username, search, request.session_hash, conversation and conversation.id)
+        if conversation is None:  # the chat had one exchange: it is gone, and so is its row
             views.show(request.session_hash, None)
-            return [], "Removed the last exchange; the chat was empty, so it is gone.", chats, None
-        return chat_view(conversation, shown=views.shown(request.session_hash)), "Removed the last exchange.", chats, \
-            conversation.id
+            note = "Removed the last exchange; the chat was empty, so it is gone."
+            return [], note, chats, None, rows, *button_updates(False, False)
+        return (chat_view(conversation, shown=views.shown(request.session_hash)), "Removed the last exchange.", chats,
+                conversation.id, rows, *button_updates(False, has_exchange(conversation)))
 
     async def on_rename(conversation_id: str | None, title: str, search: str, request: gr.Request) -> tuple[Any, ...]:
-        if not conversation_id:
-            return problem(ChatError("Open a chat first.")), gr.update(), gr.update()
+        """status, chat list, the title box, rows; the rows are redrawn either way (the page
+        already shows the new title, which must go back if it was refused)."""
+        session, note = request.session_hash, "Renamed."
         try:
+            if not conversation_id:
+                raise ChatError("Open a chat first.")
             await holder.get().rename(request.username, conversation_id, title or "")
         except ChatError as error:
-            return problem(error), gr.update(), gr.update()
-        chats, _more, _no_match = await list_updates(request.username, search, request.session_hash, conversation_id)
-        return "Renamed.", chats, ""
-
-    async def ask_delete(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
-        if not conversation_id:
-            return gr.update(visible=False), problem(ChatError("Open a chat first."))
+            note = problem(error)
         try:
-            conversation = await holder.get().open(request.username, conversation_id)
+            chats, rows = await lists(request.username, search, session, views.on_screen(session) or conversation_id)
+        except ChatError:
+            chats, rows = gr.update(), gr.update()
+        return note, chats, "" if note == "Renamed." else gr.update(), rows
+
+    async def on_pin(conversation_id: str | None, pinned: bool, search: str, request: gr.Request) -> tuple[Any, ...]:
+        """status, chat list, rows."""
+        session = request.session_hash
+        try:
+            if not conversation_id:
+                raise ChatError("Open a chat first.")
+            await holder.get().pin(request.username, conversation_id, bool(pinned))
+            chats, rows = await lists(request.username, search, session, views.on_screen(session) or conversation_id)
         except ChatError as error:
-            return gr.update(visible=False), problem(error)
-        title = html.escape(conversation.title, quote=False).replace("*", "\\*").replace("_", "\\_")
-        return gr.update(visible=True), f"Delete the chat **“{title}”** for good? Confirm in the sidebar."
+            return problem(error), gr.update(), gr.update()
+        return ("Pinned to the top." if pinned else "Unpinned."), chats, rows
 
     async def on_delete(conversation_id: str | None, search: str, request: gr.Request) -> tuple[Any, ...]:
+        """chatbot, conversation id, status, chat list, rows, send, stop, retry/undo.
+
+        Any row can be deleted; the chat pane empties only when it showed that chat."""
+        session = request.session_hash
+        keep = (gr.update(),) * 5
         try:
             if not conversation_id:
                 raise ChatError("Open a chat first.")
             await holder.get().delete(request.username, conversation_id)
         except ChatError as error:
-            return gr.update(), gr.update(), gr.update(visible=False), problem(error), gr.update()
-        views.show(request.session_hash, None)
-        chats, _more, _no_match = await list_updates(request.username, search, request.session_hash, None)
-        return [], None, gr.update(visible=False), "Chat deleted.", chats
+            return gr.update(), gr.update(), problem(error), *keep
+        on_screen = views.showing(session, conversation_id)
+        if on_screen:
+            views.show(session, None)
+        chats, rows = await lists(request.username, search, session, views.on_screen(session))
+        if not on_screen:
+            return gr.update(), gr.update(), "Chat deleted.", chats, rows, *(gr.update(),) * 3
+        return [], None, "Chat deleted.", chats, rows, *button_updates(False, False)
 
     # ------------------------------------------------------------ versions, edits, ratings
 
@@ -481,18 +538,18 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             kept = newest(kept, views.shown(session))[0]
             bubbles = with_user_versions(kept, [message_bubble(m) for m in kept])
             bubbles += [{"role": "user", "content": shown_as_text(text or "")}, {"role": "assistant", "content": "…"}]
-            options = ChatOptions("", temperature, top_p, int(max_new_tokens))
+            options = ChatOptions("", temperature, top_p, max_new_tokens)  # checked by the service
             events = service.edit(username, conversation_id, edited.id, text, options)
             async for update in relay(events, bubbles, conversation_id, username, search, session):
-                yield update if update is not None else (gr.update(),) * 4
+                yield update if update is not None else (gr.update(),) * 5
         except ChatError as error:
             if views.showing(session, conversation_id):
                 live = service.live_text(conversation) if conversation else None
                 view = chat_view(conversation, live, views.shown(session)) if conversation else gr.update()
-                yield view, conversation_id, problem(error), gr.update()
+                yield view, conversation_id, problem(error), gr.update(), gr.update()
             else:
                 gr.Warning(str(error))
-                yield (gr.update(),) * 4
+                yield (gr.update(),) * 5
 
     async def on_edit(
         conversation_id: str | None, message_id: str, text: str, temperature: float, top_p: float,
@@ -560,6 +617,10 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         # takes the id explicitly, from the page or from an API client, and checks it.
         conversation_state = gr.Textbox(visible="hidden", elem_id="conversation-id")
         timezone = gr.Textbox("UTC", visible="hidden", elem_id="timezone")
+        # the chat a row's menu acts on (any row, not only the open chat), and what it asked for
+        row_id = gr.Textbox(visible="hidden", elem_id="row-id")
+        row_title = gr.Textbox(visible="hidden", elem_id="row-title")
+        row_pinned = gr.Checkbox(visible="hidden", elem_id="row-pinned")
         with gr.Sidebar(label="Chats", open=True, elem_id="chats-sidebar"):
             greeting = gr.Markdown(elem_id="greeting")
             with gr.Row(elem_id="sidebar-actions"):
@@ -571,22 +632,16 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 )
                 clear_search = gr.Button("✕", scale=1, min_width=36, elem_id="clear-search", size="sm")
             no_match = gr.Markdown(elem_id="no-match")
-            chat_list = gr.Radio(choices=[], label="Your chats", elem_id="chat-list")
+            chat_rows = ChatRows("", elem_id="chat-list", js_on_load=CHAT_LIST_JS, apply_default_css=False)
+            # the same list as data, for API clients (the page shows the rows above)
+            chat_list = gr.Radio(choices=[], label="Your chats", visible=False, elem_id="chat-list-data")
             more_button = gr.Button("Show older chats", size="sm", visible=False, elem_id="more-chats")
-            with gr.Row(visible=False, elem_id="confirm-row") as confirm_row:
-                confirm_delete = gr.Button("Yes, delete it", variant="stop", elem_id="confirm-delete")
-                cancel_delete = gr.Button("Cancel", elem_id="cancel-delete")
-            with gr.Accordion("Open chat: rename, delete, export", open=False, elem_id="chat-actions"):
-                with gr.Row():
-                    rename_box = gr.Textbox(placeholder="New title", show_label=False, max_lines=1,
-                                            elem_id="rename-box", scale=3)
-                    rename_button = gr.Button("Rename", scale=1, min_width=60, elem_id="rename")
-                with gr.Row():
-                    delete_button = gr.Button("Delete", variant="stop", size="sm", elem_id="delete")
-                    export_json = gr.Button("JSON", size="sm", elem_id="export-json")
-                    export_md = gr.Button("Markdown", size="sm", elem_id="export-md")
-                    export_all = gr.Button("All (JSONL)", size="sm", elem_id="export-all")
-                    export_prefs = gr.Button("Preferences", size="sm", elem_id="export-preferences")
+            gr.HTML(
+                '<a href="export/all?format=jsonl" download id="export-all-link">Download all my chats (JSONL)</a>'
+                '<a href="export/all?format=preferences" download id="export-preferences-link">'
+                'Download rated pairs (preferences JSONL)</a>',
+                elem_id="sidebar-footer", apply_default_css=False, js_on_load=None,
+            )
             with gr.Row():
                 gr.Button("Account", link="/account", size="sm", elem_id="account")
                 gr.Button("Log out", link="/logout", size="sm", elem_id="logout")
@@ -630,22 +685,26 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             )
             send_button = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="send")
             stop_button = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="stop", visible=False)
-        with gr.Row(elem_id="reply-actions"):
+        with gr.Row(elem_id="reply-actions", visible=False) as reply_actions:
             retry_button = gr.Button("↻ Retry", size="sm", elem_id="retry")
             undo_button = gr.Button("↶ Undo", size="sm", elem_id="undo")
 
-        buttons = [send_button, stop_button]
+        # page-only outputs (buttons, rows, layout) come last or are left out of the API by Gradio,
+        # so every endpoint keeps the shape API clients know
+        buttons = [send_button, stop_button, reply_actions]
         settings_boxes = [system_prompt, temperature, top_p, max_new_tokens]
         chat_outputs = [chatbot, conversation_state, status, *buttons, *settings_boxes]
         # after an event that redrew the chat: its like/dislike marks
         marks_after: dict[str, Any] = dict(
             fn=sync_marks, inputs=[conversation_state], outputs=[chatbot], api_name=False, show_progress="hidden"
         )
-        list_outputs = [chat_list, more_button, no_match]
+        list_outputs = [chat_list, chat_rows, more_button, no_match]
+        row_inputs = [row_id, row_title, row_pinned]
+        quick = {"api_name": False, "queue": False, "show_progress": "hidden"}
 
         demo.load(
             on_load, [timezone], [greeting, chat_list, chatbot, conversation_state, status, more_button, no_match,
-                                  *buttons, *settings_boxes],
+                                  *buttons, *settings_boxes, chat_rows],
             api_name="load", js=TIMEZONE_JS,
         ).then(**marks_after)
         demo.unload(forget_page)
@@ -656,9 +715,21 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                                   show_progress="hidden")
         earlier_button.click(on_earlier, [conversation_state], [chatbot, earlier_button, status], api_name="earlier",
                              show_progress="hidden").then(**marks_after)
-        # the radio's choices change per user, so its value is copied in the browser, then checked
-        chat_list.input(None, [chat_list], [conversation_state], js=CLOSE_SIDEBAR_ON_PHONE_JS).then(
+        # a row of the list: its script sends the row's chat id with the event (page_assets.CHAT_LIST_JS)
+        chat_rows.open_chat(picked_chat, None, [conversation_state], **quick).then(
             on_select, [conversation_state], chat_outputs, api_name="open", show_progress="hidden",
+        ).then(**marks_after)
+        chat_rows.rename_chat(picked_row, None, row_inputs, **quick).then(
+            on_rename, [row_id, row_title, search], [status, chat_list, row_title, chat_rows], api_name="rename",
+            show_progress="hidden",
+        )
+        chat_rows.pin_chat(picked_row, None, row_inputs, **quick).then(
+            on_pin, [row_id, row_pinned, search], [status, chat_list, chat_rows], api_name="pin",
+            show_progress="hidden",
+        )
+        chat_rows.delete_chat(picked_row, None, row_inputs, **quick).then(
+            on_delete, [row_id, search], [chatbot, conversation_state, status, chat_list, chat_rows, *buttons],
+            api_name="delete", show_progress="hidden",
         ).then(**marks_after)
         # .change, not .input: pasting and clearing must search too; always the latest text
         search.change(on_search, [search, conversation_state], list_outputs, api_name="search",
@@ -667,18 +738,17 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                            show_progress="hidden")
         more_button.click(on_more, [search, conversation_state], list_outputs, api_name=False)
         theme_button.click(None, None, None, js=TOGGLE_THEME_JS)
-        new_chat_button.click(
-            new_chat, None, [chatbot, conversation_state, chat_list, status, *buttons, *settings_boxes],
-            api_name="new_chat",
-        ).then(None, None, None, js=CLOSE_SIDEBAR_ON_PHONE_JS).then(**marks_after)
+        new_chat_outputs = [chatbot, conversation_state, chat_list, status, *buttons, *settings_boxes]
+        new_chat_button.click(new_chat, None, new_chat_outputs, api_name="new_chat").then(
+            None, None, None, js=NEW_CHAT_JS
+        ).then(**marks_after)
         # the chatbot's own trash button clears the view only: make it start a new chat
-        chatbot.clear(
-            new_chat, None, [chatbot, conversation_state, chat_list, status, *buttons, *settings_boxes],
-            api_name=False,
+        chatbot.clear(new_chat, None, new_chat_outputs, api_name=False).then(
+            None, None, None, js=NEW_CHAT_JS
         ).then(**marks_after)
         send_inputs = [message, conversation_state, system_prompt, temperature, top_p, max_new_tokens, search]
-        send_outputs = [chatbot, message, conversation_state, status, chat_list]
-        # Enter in the message box clicks Send (see page_assets.KEYS_JS); "multiple": a reply
+        send_outputs = [chatbot, message, conversation_state, status, chat_list, chat_rows]
+        # Enter in the message box clicks Send (see page_assets.PAGE_JS); "multiple": a reply
         # streaming in one chat must not block sending in another
         send_button.click(begin_reply, None, buttons, api_name=False, show_progress="hidden", queue=False)
         send_button.click(
@@ -688,10 +758,10 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         retry_button.click(begin_reply, None, buttons, api_name=False, show_progress="hidden", queue=False)
         retry_button.click(
             on_retry, [conversation_state, temperature, top_p, max_new_tokens, search],
-            [chatbot, conversation_state, status, chat_list], api_name="retry", show_progress="hidden",
+            [chatbot, conversation_state, status, chat_list, chat_rows], api_name="retry", show_progress="hidden",
             trigger_mode="multiple", concurrency_id=REPLY_EVENTS,
         ).then(end_reply, None, [chatbot, *buttons], api_name=False, show_progress="hidden")
-        edit_outputs = [chatbot, conversation_state, status, chat_list]
+        edit_outputs = [chatbot, conversation_state, status, chat_list, chat_rows]
         edit_settings = [temperature, top_p, max_new_tokens, search]
         chatbot.edit(begin_reply, None, buttons, api_name=False, show_progress="hidden", queue=False)
         chatbot.edit(
@@ -719,25 +789,11 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         ).then(**marks_after)
         stop_button.click(on_stop, [conversation_state], [status, *buttons], api_name="stop",
                           show_progress="hidden")
-        undo_button.click(on_undo, [conversation_state, search], [chatbot, status, chat_list, conversation_state],
-                          api_name="undo").then(**marks_after)
-        rename_button.click(
-            on_rename, [conversation_state, rename_box, search], [status, chat_list, rename_box], api_name="rename"
-        )
-        delete_button.click(ask_delete, [conversation_state], [confirm_row, status], api_name=False)
-        cancel_delete.click(lambda: (gr.update(visible=False), ""), None, [confirm_row, status], api_name=False)
-        confirm_delete.click(
-            on_delete, [conversation_state, search], [chatbot, conversation_state, confirm_row, status, chat_list],
-            api_name="delete",
+        undo_button.click(
+            on_undo, [conversation_state, search],
+            [chatbot, status, chat_list, conversation_state, chat_rows, *buttons], api_name="undo",
         ).then(**marks_after)
-        # downloads come from our own route (app/export_route.py), which checks the owner
-        export_json.click(None, [conversation_state], [status], js=export_js("json"), api_name=False)
-        export_md.click(None, [conversation_state], [status], js=export_js("markdown"), api_name=False)
-        export_all.click(None, [conversation_state], [status], js=export_js("jsonl", whole_history=True),
-                         api_name=False)
-        export_prefs.click(None, [conversation_state], [status], js=export_js("preferences", whole_history=True),
-                           api_name=False)
         # a comment box left open belongs to the chat it was opened in
-        for opened in (chat_list.input, new_chat_button.click):
+        for opened in (chat_rows.open_chat, new_chat_button.click):
             opened(lambda: gr.update(visible=False), None, rating_row, api_name=False, queue=False)
     return demo

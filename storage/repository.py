@@ -116,6 +116,7 @@ class ConversationSummary:
     created_at: datetime
     updated_at: datetime
     message_count: int = 0
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,7 @@ def _summary(conversation: Conversation, message_count: int = 0) -> Conversation
         conversation.created_at,
         conversation.updated_at,
         message_count,
+        bool(conversation.pinned),
     )
 
 
@@ -526,9 +528,11 @@ class Repository:
         )
 
     async def list_conversations(
-        self, user_id: int, *, limit: int = 50, offset: int = 0, search: str | None = None
+        self, user_id: int, *, limit: int = 50, offset: int = 0, search: str | None = None,
+        pinned_first: bool = True,
     ) -> list[ConversationSummary]:
-        """A user's chats, most recently active first; ``search`` matches titles and text.
+        """A user's chats, pinned ones first (unless ``pinned_first`` is false), then the most
+        recently active first; ``search`` matches titles and text.
 
         Every subquery is limited to this user's conversations, so another user's data
         (however large) is never read; the pattern is capped at ``SEARCH_MAX_CHARS`` and a
@@ -548,7 +552,10 @@ class Repository:
         async with self.database.reader() as session:
             if searching:
                 query = query.where(await self._search_condition(session, user_id, words))
-            query = query.order_by(Conversation.updated_at.desc(), Conversation.id).limit(limit).offset(offset)
+            order = [Conversation.updated_at.desc(), Conversation.id]
+            if pinned_first:
+                order.insert(0, Conversation.pinned.desc())
+            query = query.order_by(*order).limit(limit).offset(offset)
             if not searching:
                 rows = await session.execute(query)
                 return [_summary(conversation, count) for conversation, count in rows]
@@ -615,6 +622,12 @@ class Repository:
         async with self.database.writer() as session, session.begin():
             conversation = await self._owned(session, user_id, conversation_id)
             conversation.title = title
+
+    async def set_pinned(self, user_id: int, conversation_id: str, pinned: bool) -> None:
+        """Pin or unpin a chat; its last-active time stays as it was."""
+        async with self.database.writer() as session, session.begin():
+            conversation = await self._owned(session, user_id, conversation_id)
+            conversation.pinned = bool(pinned)
 
     async def delete_conversation(self, user_id: int, conversation_id: str) -> None:
         async with self.database.writer() as session, session.begin():

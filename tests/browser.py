@@ -20,6 +20,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 USER_BUBBLES = "#chat .message.user, #chat .user-row .message"
 BOT_BUBBLES = "#chat .message.bot, #chat .bot-row .message"
+ROWS = "#chat-list .chat-row"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1366, "height": 860}
 
@@ -54,6 +55,22 @@ def log_in(page: Any, url: str, username: str, password: str) -> None:
 def wait_until_loaded(page: Any) -> None:
     """The page's load event has filled the greeting (the chat list and settings come with it)."""
     page.locator("#greeting").get_by_text("Signed in as").wait_for(timeout=30_000)
+
+
+def row_texts(page: Any) -> list[str]:
+    """The chat list as shown: each row's title and time (``"title 14:32"``)."""
+    return [" ".join(text.replace("⋯", "").split()) for text in page.locator(ROWS).all_inner_texts()]
+
+
+def open_row(page: Any, text: str) -> None:
+    """Click the first chat whose row shows ``text``."""
+    page.locator(ROWS, has_text=text).first.locator(".chat-open").click()
+
+
+def row_menu(page: Any, text: str, item: str) -> None:
+    """Open the ⋯ menu of the first row showing ``text`` and pick ``item``."""
+    page.locator(ROWS, has_text=text).first.locator(".chat-menu-button").click()
+    page.locator("#chat-row-menu").get_by_role("menuitem", name=item).click()
 
 
 def last_reply(page: Any) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from random import Random
 
 import pytest
@@ -321,6 +321,80 @@ async def test_login_sessions_upgrade_a_populated_database_without_loss(database
     assert await old_rows(database_url) == before
 
 
+async def populate_as_of_0001(url: str) -> tuple[int, list[str]]:
+    """Rows written with plain SQL in the 0001 schema (today's ORM has columns 0001 lacks).
+
+    Returns the user's id and the chat ids, most recently active first.
+    """
+    engine = create_engine(url)
+    base = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("INSERT INTO users (username, password_hash, is_admin, created_at) VALUES ('alice', 'h', :f, :t)"),
+                {"f": False, "t": base},
+            )
+            user_id = (await connection.execute(text("SELECT id FROM users WHERE username = 'alice'"))).scalar_one()
+            ids = []
+            for number in range(3):
+                chat_id, moment = f"chat-{number}", base + timedelta(hours=number)
+                ids.append(chat_id)
+                await connection.execute(
+                    text("INSERT INTO conversations (id, user_id, title, model, created_at, updated_at) "
+                         "VALUES (:id, :user, :title, 'm', :t, :t)"),
+                    {"id": chat_id, "user": user_id, "title": f"chat number {number}", "t": moment},
+                )
+                await connection.execute(
+                    text("INSERT INTO messages (conversation_id, seq, role, content, token_ids, created_at) "
+                         "VALUES (:id, 0, 'user', :content, :ids, :t)"),
+                    {"id": chat_id, "content": f"kept {number}", "ids": pack_token_ids([5, 70_000 + number]),
+                     "t": moment},
+                )
+    finally:
+        await engine.dispose()
+    return user_id, ids[::-1]
+
+
+async def test_a_populated_database_upgrades_to_head_without_loss(database_url):
+    """0001 -> head on a database with chats: nothing lost or reordered; logins and pins work afterwards."""
+    await asyncio.to_thread(upgrade, database_url, "0001")
+    user_id, newest_first = await populate_as_of_0001(database_url)
+
+    await asyncio.to_thread(upgrade, database_url)
+    assert await model_differences(database_url) == []
+    database = Database(database_url)
+    try:
+        repository = Repository(database)
+        listed = await repository.list_conversations(user_id)
+        assert [c.id for c in listed] == newest_first and not any(c.pinned for c in listed)
+        for number, chat_id in enumerate(newest_first[::-1]):
+            chat = await repository.get_conversation(user_id, chat_id)
+            assert chat.title == f"chat number {number}"
+            assert [(m.content, m.token_ids) for m in chat.messages] == [(f"kept {number}", [5, 70_000 + number])]
+        expires = utcnow() + timedelta(days=1)
+        await repository.create_login_session(user_id, "a" * 64, expires)
+        found, _created, _expires = await repository.login_session_user("a" * 64, utcnow())
+        assert found.id == user_id
+
+        oldest = newest_first[-1]
+        before = await repository.get_conversation(user_id, oldest)
+        await repository.set_pinned(user_id, oldest, True)  # pinned: first, its time unchanged
+        listed = await repository.list_conversations(user_id)
+        assert [c.id for c in listed] == [oldest, *newest_first[:-1]] and listed[0].pinned
+        assert listed[0].updated_at == before.updated_at
+        assert (await repository.list_conversations(user_id, pinned_first=False))[0].id == newest_first[0]
+    finally:
+        await database.dispose()
+
+    await asyncio.to_thread(downgrade, database_url, "-1")  # un-pinning the schema loses no message
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            assert (await connection.execute(text("SELECT count(*) FROM messages"))).scalar_one() == 3
+    finally:
+        await engine.dispose()
+
+
 async def test_models_and_migrations_agree_on_indexes_and_constraints(database_url):
     await asyncio.to_thread(upgrade, database_url)
     engine = create_engine(database_url)
@@ -341,7 +415,7 @@ async def test_models_and_migrations_agree_on_indexes_and_constraints(database_u
             indexes, uniques, foreign_keys = await connection.run_sync(describe)
     finally:
         await engine.dispose()
-    assert ("user_id", "updated_at") in indexes
+    assert ("user_id", "updated_at") in indexes and ("user_id", "pinned", "updated_at") in indexes
     assert ("conversation_id", "seq") in uniques
     assert ("conversations", "CASCADE") in foreign_keys
 

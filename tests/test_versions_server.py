@@ -13,7 +13,6 @@ import os
 import subprocess
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +20,16 @@ import pytest
 
 from storage.database import Database
 from storage.repository import Repository
-from tests.support import PYTHON, ROOT, add_user, api_client, build_tiny_llama, running_server, smollm2_folder
+from tests.support import (
+    PYTHON,
+    ROOT,
+    add_user,
+    api_client,
+    build_tiny_llama,
+    login_cookies,
+    running_server,
+    smollm2_folder,
+)
 
 PASSWORD = "versions-password"
 
@@ -181,8 +189,11 @@ def test_ratings_through_the_api_are_the_owners_alone(server, tmp_path):
     assert len(stored(server, "alice", chat).tree) == 3  # bob's edit stored nothing
 
     # bob's preference export holds nothing of alice's; the admin's CLI export has her pair
-    bob_file = bob.predict(chat, api_name="/export_preferences")[0]
-    assert Path(bob_file).read_text(encoding="utf-8") == ""
+    bob_cookies = login_cookies(server.url, "bob", PASSWORD)
+    bobs_pairs = httpx.get(server.url + "export/all", params={"format": "preferences"}, cookies=bob_cookies, timeout=60)
+    assert bobs_pairs.status_code == 200 and bobs_pairs.text == ""
+    theirs = httpx.get(server.url + f"export/{chat}", params={"format": "preferences"}, cookies=bob_cookies, timeout=60)
+    assert theirs.status_code == 404
     out = tmp_path / "prefs.jsonl"
     environment = {**os.environ, "CHAT_DATA_DIR": str(server.data_dir)}
     environment.pop("CHAT_DATABASE_URL", None)
