@@ -73,7 +73,7 @@ CHAT_LIST_CSS = """
   color: var(--button-cancel-text-color);
 }
 #sidebar-footer { display: flex; flex-wrap: wrap; gap: 4px 12px; font-size: var(--text-sm); }
-#sidebar-footer a { color: var(--body-text-color); opacity: 0.8; }
+#sidebar-footer a { display: block; margin: 2px 0; color: var(--body-text-color); opacity: 0.8; }
 @media (hover: none) { #chat-list .chat-menu-button { opacity: 1; } }
 """
 
@@ -93,6 +93,8 @@ CSS = f"""
 #chat .versions a {{ text-decoration: none; padding: 0 0.35em; font-weight: bold; color: var(--link-text-color); }}
 #chat .versions .version-edge {{ padding: 0 0.35em; opacity: 0.4; }}
 #chat .rating-comment {{ color: var(--body-text-color); opacity: 0.7; font-size: var(--text-xs); }}
+/* the Chatbot's clear/copy-all icons float at its top right: keep the first bubble below them */
+#chat .bubble-wrap {{ padding-top: calc(var(--spacing-xxl) + 30px); }}
 #status {{ min-height: 1.5em; }}
 #status p {{ color: var(--body-text-color); }}
 #no-match p {{ color: var(--body-text-color); font-style: italic; }}
