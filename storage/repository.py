@@ -289,6 +289,28 @@ def _message_record(
     )
 
 
+def _message_row(
+    message: NewMessage, conversation_id: str, seq: int, token_blob: bytes, created_at: datetime,
+    *, parent_id: int | None, active: bool,
+) -> Message:
+    """The row for a new message: one place, so a stored chat and an imported one are built alike."""
+    return Message(
+        conversation_id=conversation_id,
+        seq=seq,
+        role=message.role,
+        content=message.content,
+        token_ids=token_blob,
+        params=message.params,
+        finish_reason=message.finish_reason,
+        prompt_tokens=message.prompt_tokens,
+        completion_tokens=message.completion_tokens,
+        latency_ms=message.latency_ms,
+        created_at=created_at,
+        parent_id=parent_id,
+        active=active,
+    )
+
+
 def _summary(conversation: Conversation, message_count: int = 0) -> ConversationSummary:
     return ConversationSummary(
         conversation.id,
@@ -689,20 +711,9 @@ class Repository:
         now = utcnow()
         rows: list[Message] = []
         for seq, message in enumerate(messages, start=first_seq):
-            row = Message(
-                conversation_id=conversation.id,
-                seq=seq,
-                role=message.role,
-                content=message.content,
-                token_ids=pack_token_ids(message.token_ids),
-                params=message.params,
-                finish_reason=message.finish_reason,
-                prompt_tokens=message.prompt_tokens,
-                completion_tokens=message.completion_tokens,
-                latency_ms=message.latency_ms,
-                created_at=message.created_at or now,
-                parent_id=parent_id if not rows else None,
-                active=True,
+            row = _message_row(
+                message, conversation.id, seq, pack_token_ids(message.token_ids), message.created_at or now,
+                parent_id=parent_id if not rows else None, active=True,
             )
             if rows:
                 await session.flush()
@@ -915,20 +926,9 @@ class Repository:
             await session.flush()
             ids: dict[int, int] = {}
             for node, message, blob in sorted(zip(tree, messages, packed, strict=True), key=lambda t: t[0].seq):
-                row = Message(
-                    conversation_id=conversation_id,
-                    seq=node.seq,
-                    role=message.role,
-                    content=message.content,
-                    token_ids=blob,
-                    params=message.params,
-                    finish_reason=message.finish_reason,
-                    prompt_tokens=message.prompt_tokens,
-                    completion_tokens=message.completion_tokens,
-                    latency_ms=message.latency_ms,
-                    created_at=message.created_at or created_at,
-                    parent_id=None if node.parent_seq is None else ids[node.parent_seq],
-                    active=node.active,
+                row = _message_row(
+                    message, conversation_id, node.seq, blob, message.created_at or created_at,
+                    parent_id=None if node.parent_seq is None else ids[node.parent_seq], active=node.active,
                 )
                 session.add(row)
                 await session.flush()

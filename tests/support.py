@@ -173,6 +173,20 @@ def running_server(data_dir: Path, model: str, **env: str) -> Iterator[ServerPro
         server.stop()
 
 
+async def read_stored(database_url: str, username: str, conversation_id: str):
+    """A chat as the database holds it, read the way the server reads it (for assertions)."""
+    from storage.database import Database
+    from storage.repository import Repository
+
+    database = Database(database_url)
+    try:
+        repository = Repository(database)
+        user = await repository.get_user(username)
+        return await repository.get_conversation(user.id, conversation_id)
+    finally:
+        await database.dispose()
+
+
 def login_cookies(base_url: str, username: str, password: str, **client_options: object) -> httpx.Cookies:
     """Log in through ``POST /login`` as a script would; returns the session cookie."""
     with httpx.Client(**client_options) as client:  # type: ignore[arg-type]

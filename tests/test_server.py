@@ -15,14 +15,13 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from storage.database import Database
-from storage.repository import Repository
 from tests.support import (
     ServerProcess,
     add_user,
     api_client,
     build_tiny_llama,
     login_cookies,
+    read_stored,
     running_server,
     smollm2_folder,
 )
@@ -58,16 +57,7 @@ def chat_titles(client: Client) -> list[str]:
 
 
 def stored(server: ServerProcess, username: str, conversation_id: str):
-    async def read():
-        database = Database(server.database_url)
-        try:
-            repository = Repository(database)
-            user = await repository.get_user(username)
-            return await repository.get_conversation(user.id, conversation_id)
-        finally:
-            await database.dispose()
-
-    return asyncio.run(read())
+    return asyncio.run(read_stored(server.database_url, username, conversation_id))
 
 
 def message_count(server: ServerProcess) -> int:

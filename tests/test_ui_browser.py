@@ -45,7 +45,15 @@ from tests.browser import (
     wait_until_loaded,
     wait_until_settled,
 )
-from tests.support import PYTHON, ROOT, add_user, build_tiny_llama, login_cookies, running_server
+from tests.support import (
+    PYTHON,
+    ROOT,
+    add_user,
+    build_tiny_llama,
+    login_cookies,
+    read_stored,
+    running_server,
+)
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed (apt-get install chromium)")
 
@@ -77,16 +85,7 @@ def off_the_page_loop(coroutine_function):
 
 
 def stored(server, username: str, conversation_id: str):
-    async def read():
-        database = Database(server.database_url)
-        try:
-            repository = Repository(database)
-            user = await repository.get_user(username)
-            return await repository.get_conversation(user.id, conversation_id)
-        finally:
-            await database.dispose()
-
-    return off_the_page_loop(read)
+    return off_the_page_loop(lambda: read_stored(server.database_url, username, conversation_id))
 
 
 def stored_chats(server, username: str):

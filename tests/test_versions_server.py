@@ -18,8 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-from storage.database import Database
-from storage.repository import Repository
 from tests.support import (
     PYTHON,
     ROOT,
@@ -27,6 +25,7 @@ from tests.support import (
     api_client,
     build_tiny_llama,
     login_cookies,
+    read_stored,
     running_server,
     smollm2_folder,
 )
@@ -52,16 +51,7 @@ def tokenizer():
 
 
 def stored(server, username: str, conversation_id: str):
-    async def read():
-        database = Database(server.database_url)
-        try:
-            repository = Repository(database)
-            user = await repository.get_user(username)
-            return await repository.get_conversation(user.id, conversation_id)
-        finally:
-            await database.dispose()
-
-    return asyncio.run(read())
+    return asyncio.run(read_stored(server.database_url, username, conversation_id))
 
 
 def send(client, text: str, conversation_id: str = "", temperature: float = 0.0) -> str:
