@@ -50,6 +50,7 @@ LIKED = {True: "up", False: "down"}
 
 REPLY_EVENTS = "replies"
 STOP_WAIT_STEPS = 15
+ON_SCREEN = object()  # marks a stream whose last frame showed its own chat
 
 
 # The sidebar's chat list as the page shows it (rendered by app/chat_list.py). It is left
@@ -248,12 +249,44 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         options = await holder.get().last_options(request.username)
         return (chatbot, conversation_id, gr.update(value=None), status, *rest[:3], *settings_updates(options))
 
+    async def on_screen_frame(username: str | None, session: str | None) -> tuple[Any, ...]:
+        """(chatbot, conversation id, status, chat list, rows) of the chat this page shows now.
+
+        Sent once by a stream whose own chat just left the screen: Gradio may deliver a
+        frame the stream made a moment before the switch after the switch itself, and
+        the client applies each frame as the whole chat, so that stale frame would stay
+        on screen until the reply ended. This frame, later in the same stream, replaces it.
+        """
+        conversation_id = views.on_screen(session)
+        conversation = None
+        if conversation_id:
+            try:
+                conversation = await holder.get().open(username, conversation_id)
+            except ChatError:
+                conversation = None
+        live = holder.get().live_text(conversation) if conversation else None
+        view = chat_view(conversation, live, views.shown(session))
+        return view, conversation_id, gr.update(), gr.update(), gr.update()
+
     async def relay(
         events: AsyncIterator[ChatEvent], bubbles: list[dict[str, str]], origin: str | None,
         username: str | None, search: str, session: str | None,
-    ) -> AsyncIterator[tuple[Any, ...] | None]:
-        """Service events to (chatbot, conversation id, status, chat list, rows); None while off screen."""
+    ) -> AsyncIterator[tuple[tuple[Any, ...], bool] | None]:
+        """Service events to frames (chatbot, conversation id, status, chat list, rows), each with
+        whether it shows this stream's own chat; None while another chat is on screen."""
         conversation_id = origin
+        # what the last frame showed: this stream's chat (ON_SCREEN) or another chat's id (or None)
+        last_shown: object = ON_SCREEN
+
+        async def elsewhere() -> tuple[tuple[Any, ...], bool] | None:
+            """A frame of the chat on screen when that changed since this stream's last frame."""
+            nonlocal last_shown
+            if last_shown == views.on_screen(session):
+                return None
+            frame = await on_screen_frame(username, session)
+            last_shown = frame[1]
+            return frame, False
+
         async for event in events:
             if event.kind == "conversation":
                 if event.conversation_id != conversation_id and views.showing(session, conversation_id):
@@ -261,9 +294,10 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 conversation_id = event.conversation_id
                 if views.showing(session, conversation_id):
                     chats, rows = await lists(username, search, session, conversation_id)
-                    yield bubbles, conversation_id, "", chats, rows
+                    last_shown = ON_SCREEN
+                    yield (bubbles, conversation_id, "", chats, rows), True
                 else:
-                    yield None
+                    yield await elsewhere()
                 continue
             status = ""
             if event.kind == "waiting":
@@ -277,8 +311,11 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
                 bubbles[-1] = {"role": "assistant", "content": (text + "\n\n" if text else "") + "*(stopped)*"}
             else:
                 bubbles[-1] = {"role": "assistant", "content": shown_as_text(event.text) or "…"}
-            unchanged = gr.update(), gr.update()
-            yield (bubbles, conversation_id, status, *unchanged) if views.showing(session, conversation_id) else None
+            if views.showing(session, conversation_id):
+                last_shown = ON_SCREEN
+                yield (bubbles, conversation_id, status, gr.update(), gr.update()), True
+            else:
+                yield await elsewhere()
 
     async def on_send(
         text: str, conversation_id: str | None, system_prompt: str, temperature: float, top_p: float,
@@ -302,14 +339,14 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         cleared = False
         try:
             events = service.send(username, conversation_id, text, options)
-            async for update in relay(events, bubbles, conversation_id, username, search, session):
-                if update is None:
+            async for frame in relay(events, bubbles, conversation_id, username, search, session):
+                if frame is None:
                     yield unchanged
                     continue
-                chatbot, current_id, status, chats, rows = update
-                # the textbox empties only once the message is safely stored
-                yield chatbot, ("" if not cleared else gr.update()), current_id, status, chats, rows
-                cleared = True
+                (chatbot, current_id, status, chats, rows), own = frame
+                # the textbox empties only once the message is safely stored (and only in its own chat)
+                yield chatbot, ("" if own and not cleared else gr.update()), current_id, status, chats, rows
+                cleared = cleared or own
         except ChatError as error:  # busy, rate limit, bad input: the typed text goes back
             if views.showing(session, conversation_id):
                 # the typed text goes back as it was, save what JSON cannot carry (a lone surrogate)
@@ -342,8 +379,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         options = ChatOptions("", temperature, top_p, max_new_tokens)  # checked by the service
         try:
             events = service.retry(username, conversation_id, options)
-            async for update in relay(events, bubbles, conversation_id, username, search, session):
-                yield update if update is not None else (gr.update(),) * 5
+            async for frame in relay(events, bubbles, conversation_id, username, search, session):
+                yield frame[0] if frame is not None else (gr.update(),) * 5
         except ChatError as error:
             if views.showing(session, conversation_id):
                 yield chat_view(conversation, shown=views.shown(session)), conversation_id, problem(error), *keep
@@ -489,6 +526,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             _, status, row, _, comment_box = await rated(username, conversation_id, rating, shown)
             chatbot = marked_view(await service.open(username, conversation_id), shown=shown)
         except ChatError as error:
+            # also as a toast: while a reply streams, its frames rewrite the status line
+            gr.Warning(str(error))
             live = service.live_text(conversation) if conversation else None
             chatbot = marked_view(conversation, live, shown) if conversation else gr.update()
             return chatbot, problem(error), gr.update(visible=False), "", ""
@@ -540,8 +579,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
             bubbles += [{"role": "user", "content": shown_as_text(text or "")}, {"role": "assistant", "content": "…"}]
             options = ChatOptions("", temperature, top_p, max_new_tokens)  # checked by the service
             events = service.edit(username, conversation_id, edited.id, text, options)
-            async for update in relay(events, bubbles, conversation_id, username, search, session):
-                yield update if update is not None else (gr.update(),) * 5
+            async for frame in relay(events, bubbles, conversation_id, username, search, session):
+                yield frame[0] if frame is not None else (gr.update(),) * 5
         except ChatError as error:
             if views.showing(session, conversation_id):
                 live = service.live_text(conversation) if conversation else None

@@ -59,7 +59,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not i
 
 PASSWORD = "browser-password"
 USERS = ("tester", "keys", "themes", "stopper", "switcher", "searcher", "renderer", "settler", "phone", "pager",
-         "versions", "sidebar")
+         "versions", "sidebar", "rater")
 
 
 @pytest.fixture(scope="module")
@@ -660,6 +660,25 @@ def test_versions_edits_and_ratings_survive_a_reload(server, pages):
     assert "1 / 2" in last_reply(page)
     wait_for(lambda: liked.count() == 0, timeout=15)  # that reply is not rated
     page.screenshot(path=ARTIFACTS / "versions-3-reloaded.png")
+
+
+def test_a_reply_still_being_written_cannot_be_rated_yet(server, pages):
+    """A thumb on the streaming reply is refused in words; once stored, the same thumb rates it."""
+    page = pages()
+    log_in(page, server.url, "rater", PASSWORD)
+    start_long_reply(page, "rate me while I am being written")
+    page.locator("#chat button[aria-label='Like']").last.click()  # the thumb under the streaming reply
+    # refused in words while it streams (the reply is 400 tokens: seconds more to go)
+    toast = page.locator(".toast-body", has_text="still being written")
+    wait_for(lambda: toast.count() > 0, timeout=10)
+    page.locator("#stop").click()
+    wait_for(lambda: "(stopped)" in last_reply(page), timeout=15)
+    conversation_id = wait_for(lambda: conversation_in_address(page))
+    wait_for(lambda: stored(server, "rater", conversation_id).messages[-1].finish_reason == "stopped", timeout=15)
+    assert stored(server, "rater", conversation_id).messages[-1].rating is None  # nothing rated while streaming
+    page.locator("#chat button[aria-label='Like']").last.click()
+    wait_for(lambda: "Rated 👍" in page.locator("#status").inner_text(), timeout=15)
+    assert stored(server, "rater", conversation_id).messages[-1].rating.value == "up"
 
 
 def test_ctrl_c_with_pages_open_is_quick_and_quiet(tmp_path, pages):
