@@ -194,7 +194,9 @@ def _storable(text: str) -> bool:
 
 
 def check_title(title: str) -> str:
-    title = check_text(title, "title").strip()
+    """A title is one line (it heads a sidebar row and an exported section): runs of
+    whitespace, newlines included, become one space."""
+    title = " ".join(check_text(title, "title").split())
     if not title:
         raise InvalidInput("title is empty")
     if len(title) > TITLE_MAX:

@@ -36,6 +36,10 @@ async def test_titles(repository, make_user):
     assert longest.title == "y" * 200
     stripped = await repository.create_conversation(alice.id, "  padded  ", "m")
     assert stripped.title == "padded"
+    one_line = await repository.create_conversation(alice.id, "two\nlines\r\n\tand  ### a header", "m")
+    assert one_line.title == "two lines and ### a header"  # cannot start a line of its own anywhere
+    await repository.rename_conversation(alice.id, one_line.id, "renamed\n\n# over two lines")
+    assert (await repository.get_conversation(alice.id, one_line.id)).title == "renamed # over two lines"
 
     snapshot = await everything(repository)
     with pytest.raises(InvalidInput, match="at most 200"):
