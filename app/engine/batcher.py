@@ -37,6 +37,7 @@ from app.engine.kv_cache import SlotKVCache
 from app.engine.loading import LoadedModel
 from app.engine.params import SamplingParams
 from app.engine.prefix_cache import PrefixCache, PrefixCacheStats
+from app.engine.reply_text import accept_token
 from app.engine.sampling import RowSampler
 from app.engine.streams import GenerationResult, GenerationStream
 
@@ -510,32 +511,14 @@ class Engine:
         return request.sampler.choose(logits, banned)
 
     def _accept_token(self, request: _Request, token: int) -> None:
-        """Record a token, stream its text, decide whether the request is finished."""
+        """Record a token by the engines' shared rule (``reply_text``); queue its text for the loop."""
         assert request.decoder is not None and request.sampler is not None
-        if request.first_token_at is None:
-            request.first_token_at = time.perf_counter()
-        request.generated.append(token)
         request.sampler.observe(token)
         self._generated_tokens += 1
-        params = request.params
-        if token in self.eos_token_ids:
-            request.finish_reason = "eos"
-            return
-        request.text += request.decoder.push(token)
-        if params.stop:
-            cut = _find_stop(request.text, params.stop)
-            if cut is not None:
-                request.text = request.text[:cut]
-                request.finish_reason = "stop"
-                return
-        if len(request.generated) >= params.max_new_tokens or request.length + 1 >= self.context_length:
-            request.finish_reason = "length"
-            return
-        holdback = max((len(s) for s in params.stop), default=1) - 1
-        safe_end = len(request.text) - holdback
-        if safe_end > request.sent_chars:
-            self._outbox.append((request, request.text[request.sent_chars : safe_end]))
-            request.sent_chars = safe_end
+        context_full = request.length + 1 >= self.context_length
+        delta = accept_token(request, request.decoder, token, self.eos_token_ids, context_full=context_full)
+        if delta:
+            self._outbox.append((request, delta))
 
     def _flush_outbox(self) -> None:
         """Hand this step's deltas to their event loops, one wake-up per loop rather than per token.
@@ -620,11 +603,6 @@ class Engine:
 def _deliver(items: list[tuple[asyncio.Queue[str | GenerationResult], str]]) -> None:
     for events, delta in items:
         events.put_nowait(delta)
-
-
-def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    positions = [index for stop in stops if (index := text.find(stop)) >= 0]
-    return min(positions) if positions else None
 
 
 def _vocab_size(model: Any) -> int:

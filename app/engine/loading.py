@@ -144,13 +144,13 @@ def load_model(spec: str, cache_dir: Path, threads: int = 0) -> LoadedModel:
         name=name,
         model=model,
         tokenizer=tokenizer,
-        context_length=_context_length(model),
-        eos_token_ids=_eos_token_ids(model, tokenizer),
+        context_length=context_length_of(model.config),
+        eos_token_ids=eos_token_ids_of(getattr(model, "generation_config", None), model.config, tokenizer),
     )
 
 
-def _context_length(model: Any) -> int:
-    config = model.config
+def context_length_of(config: Any) -> int:
+    """The model's window from whichever field its architecture uses (2048 if none says)."""
     for attribute in ("max_position_embeddings", "n_positions", "n_ctx"):
         value = getattr(config, attribute, None)
         if isinstance(value, int) and value > 0:
@@ -158,9 +158,10 @@ def _context_length(model: Any) -> int:
     return 2048
 
 
-def _eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+def eos_token_ids_of(*sources: Any) -> frozenset[int]:
+    """Every end-of-sequence id named by any source: models list them in different places."""
     ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+    for source in sources:
         value = getattr(source, "eos_token_id", None)
         if isinstance(value, int):
             ids.add(value)

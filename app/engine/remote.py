@@ -40,6 +40,7 @@ from app.engine.loading import LoadedModel
 from app.engine.params import SamplingParams
 from app.engine.prefix_cache import PrefixCacheStats
 from app.engine.remote_protocols import Chunk, WireProtocol, protocol_named
+from app.engine.reply_text import accept_token
 from app.engine.streams import GenerationResult, GenerationStream
 
 log = logging.getLogger(__name__)
@@ -343,30 +344,11 @@ class RemoteEngine:
         return candidate[: max(0, len(candidate) - len(chunk.token_ids))] + chunk.token_ids
 
     def _accept_token(self, request: _Request, token: int) -> None:
-        """The local engine's rule: record, decode, stop on EOS / stop string / length, stream with hold-back."""
-        if request.first_token_at is None:
-            request.first_token_at = time.perf_counter()
-        request.generated.append(token)
+        """The local engine's rule (``reply_text``), so a reply does not depend on where it ran."""
         self._generated_tokens += 1
-        params = request.params
-        if token in self.eos_token_ids:
-            request.finish_reason = "eos"
-            return
-        request.text += request.decoder.push(token)
-        if params.stop:
-            cut = _find_stop(request.text, params.stop)
-            if cut is not None:
-                request.text = request.text[:cut]
-                request.finish_reason = "stop"
-                return
-        if len(request.generated) >= params.max_new_tokens:
-            request.finish_reason = "length"
-            return
-        holdback = max((len(s) for s in params.stop), default=1) - 1
-        safe_end = len(request.text) - holdback
-        if safe_end > request.sent_chars:
-            request.events.put_nowait(request.text[request.sent_chars : safe_end])
-            request.sent_chars = safe_end
+        delta = accept_token(request, request.decoder, token, self.eos_token_ids)
+        if delta:
+            request.events.put_nowait(delta)
 
     def _finish(self, request: _Request, reason: str, error: str | None) -> None:
         if request.done:
@@ -470,11 +452,6 @@ def _probe_openai(client: httpx.Client, url: str, ours: list[int]) -> RemoteInfo
 
 
 # ------------------------------------------------------------ small helpers
-
-
-def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    positions = [index for stop in stops if (index := text.find(stop)) >= 0]
-    return min(positions) if positions else None
 
 
 def _describe(error: BaseException) -> str:

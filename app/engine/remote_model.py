@@ -13,7 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.engine.loading import LoadedModel, ModelLoadError, resolve_model_source
+from app.engine.loading import (
+    LoadedModel,
+    ModelLoadError,
+    context_length_of,
+    eos_token_ids_of,
+    resolve_model_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +50,6 @@ def load_tokenizer_only(spec: str, cache_dir: Path) -> LoadedModel:
         name=name,
         model=None,
         tokenizer=tokenizer,
-        context_length=_context_length(config),
-        eos_token_ids=_eos_token_ids((generation, config, tokenizer)),
+        context_length=context_length_of(config),
+        eos_token_ids=eos_token_ids_of(generation, config, tokenizer),
     )
-
-
-def _context_length(config: Any) -> int:
-    for attribute in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, attribute, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
-
-
-def _eos_token_ids(sources: tuple[Any, ...]) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in sources:
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list | tuple):
-            ids.update(v for v in value if isinstance(v, int))
-    return frozenset(ids)
