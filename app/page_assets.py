@@ -3,8 +3,9 @@
 Colours come only from the theme's variables, so light and dark (which Gradio picks
 from the OS, and the ◐ button toggles) both stay readable. The scripts: Enter sends
 and Shift+Enter adds a line (Gradio does the opposite for a multi-line box), Escape
-stops a reply, the address bar follows the chat on screen, and on a phone the chat
-list gets out of the way.
+stops a reply, the address bar follows the chat on screen, export links download
+through the page (a refusal shows as a note, not as a saved file), and on a phone the
+chat list gets out of the way.
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ CSS = f"""
 #chat .rating-comment {{ color: var(--body-text-color); opacity: 0.7; font-size: var(--text-xs); }}
 /* the Chatbot's clear/copy-all icons float at its top right: keep the first bubble below them */
 #chat .bubble-wrap {{ padding-top: calc(var(--spacing-xxl) + 30px); }}
+#export-note {{
+  position: fixed; left: 50%; bottom: 24px; transform: translateX(-50%); z-index: 1000; max-width: min(92vw, 36em);
+  padding: 10px 14px; border-radius: var(--radius-lg); border: 1px solid var(--border-color-primary);
+  background: var(--background-fill-primary); color: var(--body-text-color); box-shadow: var(--shadow-drop-lg);
+}}
+#export-note[hidden] {{ display: none; }}
 #status {{ min-height: 1.5em; }}
 #status p {{ color: var(--body-text-color); }}
 #no-match p {{ color: var(--body-text-color); font-style: italic; }}
@@ -149,6 +156,54 @@ PAGE_JS = f"""
     if (button) button.click();
   }}, true);
 
+  // Export links download through fetch, so a refusal (too many exports, a chat deleted in another
+  // tab) is shown as a note on the page instead of being saved as a file that looks like an export.
+  const exportNote = document.createElement('div');
+  exportNote.id = 'export-note';
+  exportNote.setAttribute('role', 'alert');
+  exportNote.hidden = true;
+  (document.querySelector('.gradio-container') || document.body).appendChild(exportNote);
+  let exportNoteTimer = null;
+  const showExportNote = (text) => {{
+    exportNote.textContent = text;
+    exportNote.hidden = false;
+    clearTimeout(exportNoteTimer);
+    exportNoteTimer = setTimeout(() => {{ exportNote.hidden = true; }}, 10000);
+  }};
+  const savedName = (response) => {{
+    const header = response.headers.get('Content-Disposition') || '';
+    const encoded = header.match(/filename\\*=(?:UTF-8'')?([^;]+)/i);
+    if (encoded) return decodeURIComponent(encoded[1].replace(/"/g, ''));
+    const plain = header.match(/filename="?([^";]+)"?/i);
+    return plain ? plain[1] : 'chat-export';
+  }};
+  document.addEventListener('click', async (event) => {{
+    const link = event.target.closest && event.target.closest('a[download][href^="export/"]');
+    if (!link || event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
+    event.preventDefault();
+    let response;
+    try {{
+      response = await fetch(link.href, {{credentials: 'same-origin', cache: 'no-store'}});
+    }} catch (error) {{
+      showExportNote('The export could not be downloaded: the server did not answer. Try again in a moment.');
+      return;
+    }}
+    if (!response.ok) {{
+      const reason = (await response.text()).trim();
+      showExportNote(reason || 'The export was refused (HTTP ' + response.status + ').');
+      return;
+    }}
+    const url = URL.createObjectURL(await response.blob());
+    const save = document.createElement('a');
+    save.href = url;
+    save.download = savedName(response);
+    document.body.appendChild(save);
+    save.click();
+    save.remove();
+    exportNote.hidden = true;
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }});
+
   if (phone()) {{
     const close = () => {{
       const toggle = document.querySelector('#chats-sidebar .toggle-button, .sidebar:not(.right) .toggle-button');
@@ -195,7 +250,7 @@ TOGGLE_THEME_JS = """
 # itself, so they survive every re-render of its rows. A row opens its chat
 # ("open_chat"); its ⋯ button opens one shared menu: Rename (in place: Enter or leaving
 # the box saves, Escape cancels; "rename_chat"), Pin/Unpin ("pin_chat"), two export
-# links (plain downloads from /export, one click) and Delete, which asks in a dialog
+# links (one click; the page script downloads them, see PAGE_JS) and Delete, which asks in a dialog
 # that names the chat before it sends "delete_chat". Titles are only ever set as text.
 CHAT_LIST_JS = f"""
 const host = element.closest('.gradio-container') || document.body;
@@ -319,7 +374,7 @@ menu.addEventListener('click', (event) => {{
   const item = event.target.closest('[data-action]');
   const row = menuRow;
   if (!item || !row) return;
-  closeMenu();  // an export link still downloads: its default action is kept
+  closeMenu();  // an export link goes on to the page's download handler (PAGE_JS)
   if (item.dataset.action === 'rename') startRename(row);
   if (item.dataset.action === 'pin') trigger('pin_chat', {{id: row.dataset.id, pinned: row.dataset.pinned !== 'true'}});
   if (item.dataset.action === 'delete') askDelete(row);

@@ -267,6 +267,20 @@ def test_the_sidebar_groups_pins_renames_deletes_and_forgets_emptied_chats(serve
     assert mine.status_code == 200 and "a month old" in mine.text
     assert theirs.status_code == 404 and "a month old" not in theirs.text  # another user's chat: not found
 
+    # a refused export is a note on the page, never a saved file that looks like an export
+    cookies = login_cookies(server.url, "sidebar", PASSWORD)
+    statuses = [httpx.get(f"{server.url}export/{own}?format=md", cookies=cookies).status_code for _ in range(10)]
+    assert statuses[-1] == 429  # this minute's exports are used up
+    downloads: list[object] = []
+    page.on("download", lambda download: downloads.append(download))
+    page.locator("#export-all-link").click()
+    note = page.locator("#export-note")
+    note.wait_for(state="visible", timeout=10_000)
+    assert "Too many exports" in note.inner_text() and "seconds" in note.inner_text()
+    page.screenshot(path=ARTIFACTS / "export-refused.png")
+    page.wait_for_timeout(1000)
+    assert downloads == []
+
     page.locator("#new-chat").click()  # a chat whose only exchange is undone leaves the list at once
     wait_for(lambda: conversation_in_address(page) is None and not page.locator("#undo").is_visible())
     send_with_enter(page, "a question to take back")
