@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from storage.errors import InvalidInput
 from storage.repository import (
     ConversationRecord,
+    ImportedConversation,
     ImportedNode,
     MessageRecord,
     NewMessage,
@@ -352,15 +353,15 @@ def messages_from_dict(conversation: dict[str, Any]) -> Iterator[NewMessage]:
 
 
 async def import_json(repository: Repository, text: str, *, as_user: str | None = None) -> int:
-    """Restore conversations from a JSON export, each to its user (or ``as_user``).
+    """Restore the conversations of a JSON export, each to its user (or ``as_user``): all or none.
 
     Ids, times and token ids are kept, so a round trip is exact; a conversation whose
-    id already exists is refused rather than merged.
+    id already exists is refused rather than merged, and then nothing of the file is
+    imported (fix it or remove that chat, and import the same file again).
     """
-    conversations = read_export_document(text)
     users: dict[str, int] = {}
-    imported = 0
-    for conversation in conversations:
+    restored: list[ImportedConversation] = []
+    for conversation in read_export_document(text):
         username = as_user or conversation.get("user")
         # imported as someone else: the owner's own ratings become that user's
         rename = {conversation.get("user"): username} if as_user else {}
@@ -369,8 +370,8 @@ async def import_json(repository: Repository, text: str, *, as_user: str | None 
         for name in raters:
             if name not in users:
                 users[name] = (await repository.get_user(name)).id
-        await repository.import_conversation(
-            users[username],
+        restored.append(ImportedConversation(
+            user_id=users[username],
             conversation_id=conversation.get("id"),
             title=conversation.get("title"),
             model=conversation.get("model"),
@@ -378,7 +379,6 @@ async def import_json(repository: Repository, text: str, *, as_user: str | None 
             updated_at=_parse_time(conversation.get("updated_at"), "updated_at"),
             messages=list(messages_from_dict(conversation)),
             tree=tree,
-            raters=users,
-        )
-        imported += 1
-    return imported
+        ))
+    await repository.import_conversations(restored, raters=users)
+    return len(restored)

@@ -15,7 +15,7 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -149,6 +149,24 @@ class ImportedNode:
     parent_seq: int | None
     active: bool
     ratings: tuple[RatingRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportedConversation:
+    """One exported conversation to restore exactly: ids, times, token ids, versions, ratings.
+
+    ``tree`` gives, per message, its seq, its parent's seq, whether it is shown and its
+    ratings; ``None`` makes the messages one branch in order.
+    """
+
+    user_id: int
+    conversation_id: str
+    title: str
+    model: str
+    created_at: datetime
+    updated_at: datetime
+    messages: Sequence[NewMessage]
+    tree: Sequence[ImportedNode] | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +307,38 @@ def _message_record(
         rating=next((r for r in ratings if r.username == owner), None),
         ratings=ratings,
     )
+
+
+def _checked_import(
+    conversation: ImportedConversation, raters: dict[str, int] | None
+) -> tuple[ImportedConversation, list[ImportedNode]]:
+    """Every rule an imported conversation must meet, checked before any write; the cleaned copy and its tree."""
+    conversation_id = conversation.conversation_id
+    if not isinstance(conversation_id, str) or not 1 <= len(conversation_id) <= 36:
+        raise InvalidInput("conversation id must be a string of 1-36 characters")
+    check_text(conversation_id, "conversation id")
+    title = check_title(conversation.title)
+    model = check_text(conversation.model, "model name")[:MODEL_NAME_MAX]
+    messages = conversation.messages
+    for message in messages:
+        _check_message(message)
+    tree = list(conversation.tree) if conversation.tree is not None else [
+        ImportedNode(seq, seq - 1 if seq else None, True) for seq in range(len(messages))
+    ]
+    if len(tree) != len(messages):
+        raise InvalidInput("the tree does not describe every message")
+    seqs = [node.seq for node in tree]
+    if len(set(seqs)) != len(seqs) or not all(isinstance(seq, int) for seq in seqs):
+        raise InvalidInput("message seq numbers must be distinct whole numbers")
+    known = set(seqs)
+    for node in tree:
+        if node.parent_seq is not None and (node.parent_seq not in known or node.parent_seq >= node.seq):
+            raise InvalidInput(f"message {node.seq} names a parent ({node.parent_seq}) stored after it or absent")
+        for rating in node.ratings:
+            check_rating(rating.value, rating.comment)
+            if raters is None or rating.username not in raters:
+                raise InvalidInput(f"rating by unknown user {rating.username!r}")
+    return replace(conversation, title=title, model=model), tree
 
 
 def _message_row(
@@ -882,71 +932,72 @@ class Repository:
         tree: Sequence[ImportedNode] | None = None,
         raters: dict[str, int] | None = None,
     ) -> None:
-        """Restore an exported conversation exactly (ids, times, token ids, versions, ratings), all or nothing.
+        """Restore one exported conversation exactly, all or nothing (see ``import_conversations``)."""
+        await self.import_conversations(
+            [ImportedConversation(user_id, conversation_id, title, model, created_at, updated_at, messages, tree)],
+            raters=raters,
+        )
 
-        ``tree`` gives, per message, its seq, its parent's seq, whether it is shown
-        and its ratings; without it the messages form one branch in order.
+    async def import_conversations(
+        self, conversations: Sequence[ImportedConversation], *, raters: dict[str, int] | None = None
+    ) -> None:
+        """Restore exported conversations in one transaction: all of them or none.
+
+        Every conversation is checked before anything is written, so a file with one bad
+        or already-present chat changes nothing and can be fixed and imported again
+        (a half-imported file would make every re-run fail on the chats already in).
+        ``raters`` maps the names in ratings to user ids.
         """
-        if not isinstance(conversation_id, str) or not 1 <= len(conversation_id) <= 36:
-            raise InvalidInput("conversation id must be a string of 1-36 characters")
-        check_text(conversation_id, "conversation id")
-        title = check_title(title)
-        model = check_text(model, "model name")[:MODEL_NAME_MAX]
-        for message in messages:
-            _check_message(message)
-        if tree is None:
-            tree = [ImportedNode(seq, seq - 1 if seq else None, True) for seq in range(len(messages))]
-        if len(tree) != len(messages):
-            raise InvalidInput("the tree does not describe every message")
-        seqs = [node.seq for node in tree]
-        if len(set(seqs)) != len(seqs) or not all(isinstance(seq, int) for seq in seqs):
-            raise InvalidInput("message seq numbers must be distinct whole numbers")
-        known = set(seqs)
-        for node in tree:
-            if node.parent_seq is not None and (node.parent_seq not in known or node.parent_seq >= node.seq):
-                raise InvalidInput(f"message {node.seq} names a parent ({node.parent_seq}) stored after it or absent")
-            for rating in node.ratings:
-                check_rating(rating.value, rating.comment)
-                if raters is None or rating.username not in raters:
-                    raise InvalidInput(f"rating by unknown user {rating.username!r}")
-        packed = [pack_token_ids(message.token_ids) for message in messages]
+        checked = [_checked_import(conversation, raters) for conversation in conversations]
+        ids = [conversation.conversation_id for conversation, _ in checked]
+        if len(set(ids)) != len(ids):
+            raise InvalidInput("the file holds the same conversation id twice")
         async with self.database.writer() as session, session.begin():
-            if await session.get(User, user_id) is None:
-                raise NotFound(f"no user with id {user_id}")
-            if await session.get(Conversation, conversation_id) is not None:
-                raise Conflict(f"conversation {conversation_id} already exists")
-            session.add(
-                Conversation(
-                    id=conversation_id,
-                    user_id=user_id,
-                    title=title,
-                    model=model,
-                    created_at=created_at,
-                    updated_at=updated_at,
-                )
+            for conversation, tree in checked:
+                await self._insert_imported(session, conversation, tree, raters or {})
+
+    @staticmethod
+    async def _insert_imported(
+        session: AsyncSession, conversation: ImportedConversation, tree: Sequence[ImportedNode],
+        raters: dict[str, int],
+    ) -> None:
+        conversation_id = conversation.conversation_id
+        if await session.get(User, conversation.user_id) is None:
+            raise NotFound(f"no user with id {conversation.user_id}")
+        if await session.get(Conversation, conversation_id) is not None:
+            raise Conflict(f"conversation {conversation_id} already exists")
+        session.add(
+            Conversation(
+                id=conversation_id,
+                user_id=conversation.user_id,
+                title=conversation.title,
+                model=conversation.model,
+                created_at=conversation.created_at,
+                updated_at=conversation.updated_at,
             )
+        )
+        await session.flush()
+        ids: dict[int, int] = {}
+        for node, message in sorted(zip(tree, conversation.messages, strict=True), key=lambda pair: pair[0].seq):
+            row = _message_row(
+                message, conversation_id, node.seq, pack_token_ids(message.token_ids),
+                message.created_at or conversation.created_at,
+                parent_id=None if node.parent_seq is None else ids[node.parent_seq], active=node.active,
+            )
+            session.add(row)
             await session.flush()
-            ids: dict[int, int] = {}
-            for node, message, blob in sorted(zip(tree, messages, packed, strict=True), key=lambda t: t[0].seq):
-                row = _message_row(
-                    message, conversation_id, node.seq, blob, message.created_at or created_at,
-                    parent_id=None if node.parent_seq is None else ids[node.parent_seq], active=node.active,
-                )
-                session.add(row)
-                await session.flush()
-                ids[node.seq] = row.id
-                for rating in node.ratings:
-                    assert raters is not None
-                    session.add(
-                        Rating(
-                            message_id=row.id,
-                            user_id=raters[rating.username],
-                            value=RATING_VALUES[rating.value],
-                            comment=rating.comment,
-                            created_at=rating.created_at,
-                            updated_at=rating.updated_at,
-                        )
+            ids[node.seq] = row.id
+            for rating in node.ratings:
+                session.add(
+                    Rating(
+                        message_id=row.id,
+                        user_id=raters[rating.username],
+                        value=RATING_VALUES[rating.value],
+                        comment=rating.comment,
+                        created_at=rating.created_at,
+                        updated_at=rating.updated_at,
                     )
+                )
 
     # ------------------------------------------------------------ export
 

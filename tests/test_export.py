@@ -142,6 +142,31 @@ async def test_json_without_token_ids_and_import_as_another_user(repository, mak
         ]
 
 
+async def test_an_import_is_all_or_nothing_and_can_be_run_again(repository, make_user, tmp_path):
+    alice = await make_user("alice")
+    ids = await fill(repository, alice.id)
+    document = json.loads(await export_text(repository, alice.id, "json"))
+    with_one_chat = json.dumps({**document, "conversations": document["conversations"][1:2]})
+    with_a_bad_last_message = json.loads(json.dumps(document))
+    with_a_bad_last_message["conversations"][-1]["messages"][-1]["role"] = "narrator"
+
+    async with fresh_repository("sqlite", tmp_path) as fresh:
+        new_alice = await fresh.create_user("alice", "hash")
+        assert await import_json(fresh, with_one_chat) == 1
+        with pytest.raises(Conflict, match="already exists"):  # the file's second chat is there already
+            await import_json(fresh, json.dumps(document))
+        assert [c.id for c in await fresh.list_conversations(new_alice.id)] == [ids[1]]  # nothing else came in
+        with pytest.raises(InvalidInput, match="role"):
+            await import_json(fresh, json.dumps(with_a_bad_last_message))
+        assert [c.id for c in await fresh.list_conversations(new_alice.id)] == [ids[1]]
+
+        await fresh.delete_conversation(new_alice.id, ids[1])  # the operator clears the way and runs it again
+        assert await import_json(fresh, json.dumps(document)) == 3
+        assert sorted(c.id for c in await fresh.list_conversations(new_alice.id)) == sorted(ids)
+        with pytest.raises(InvalidInput, match="same conversation id twice"):
+            await import_json(fresh, json.dumps({**document, "conversations": document["conversations"][:1] * 2}))
+
+
 @pytest.mark.parametrize(
     ("document", "match"),
     [
