@@ -23,11 +23,13 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from storage.repository import ConversationSummary
+from storage.search_index import MIN_INDEXED_CHARS
 
 PAGE_SIZE = 50
 PINNED, TODAY, YESTERDAY, WEEK, OLDER = "Pinned", "Today", "Yesterday", "Previous 7 days", "Older"
 GROUPS = (PINNED, TODAY, YESTERDAY, WEEK, OLDER)
 NO_MATCH = "No chats match your search."
+SHORT_SEARCH_NOTE = "Searching titles only: type 3 or more characters to search inside messages."
 NO_CHATS = "No chats yet: your first message starts one."
 MAX_ID_CHARS = 64
 MAX_TITLE_CHARS = 1000  # longer is refused by storage with a clear message; this only bounds the event
@@ -179,3 +181,9 @@ def read_row_event(data: Any) -> RowEvent:
         title[:MAX_TITLE_CHARS] if isinstance(title, str) else "",
         pinned is True,
     )
+
+
+def search_note(search: str | None) -> str:
+    """The line under the search box: why a short search finds only titles (see ``Repository``)."""
+    words = (search or "").strip()
+    return SHORT_SEARCH_NOTE if 0 < len(words) < MIN_INDEXED_CHARS else ""

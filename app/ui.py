@@ -131,7 +131,8 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         rows = listing.render(summaries[:shown], timezone, value, searching=bool((search or "").strip()))
         if value is not None and value not in {c[1] for c in choices}:
             value = None
-        return gr.update(choices=choices, value=value), rows, gr.update(visible=more), gr.update(value="")
+        note = listing.search_note(search)
+        return gr.update(choices=choices, value=value), rows, gr.update(visible=more), gr.update(value=note)
 
     async def lists(username: str | None, search: str, session: str | None, value: Any) -> tuple[Any, Any]:
         """Just the list itself (data and rows), after a change to it."""

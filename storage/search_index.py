@@ -2,8 +2,8 @@
 
 SQLite: ``messages_fts``, an FTS5 table with the trigram tokenizer over
 ``messages.content``; PostgreSQL: a pg_trgm GIN index that ``ILIKE`` uses. Both find
-substrings of at least ``MIN_INDEXED_CHARS`` characters; shorter searches, and
-databases where the index could not be made, scan the searcher's own chats instead.
+substrings of at least ``MIN_INDEXED_CHARS`` characters; shorter searches match titles
+only, and databases where the index could not be made scan the searcher's own chats.
 
 These objects are made by raw SQL in the migration and are not ORM models, so
 Alembic's autogenerate must not offer to drop them: ``include_object`` says which.

@@ -411,6 +411,14 @@ def test_search_by_typing_pasting_clearing_and_no_match(server, pages):
     for _ in range(len("zebracross")):  # clearing with Backspace brings every chat back
         search.press("Backspace")
     wait_for(lambda: labels.count() == 3, timeout=5)
+    note = page.locator("#no-match")
+    search.type("so")  # two characters search titles only, and the page says so
+    wait_for(lambda: "3 or more characters" in note.inner_text() and labels.count() == 0, timeout=5)
+    search.type("u")  # "sou": the message "soup" is found, the note goes
+    wait_for(lambda: labels.count() == 1 and "cooking" in labels.first.inner_text(), timeout=5)
+    wait_for(lambda: "3 or more" not in note.inner_text(), timeout=5)
+    search.fill("")
+    wait_for(lambda: labels.count() == 3, timeout=5)
     search.type("nothing like this")
     wait_for(lambda: "No chats match" in page.locator("#chat-list").inner_text(), timeout=5)
     assert labels.count() == 0
