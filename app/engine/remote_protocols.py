@@ -118,7 +118,8 @@ class OpenAICompletionsProtocol:
         if not choices:  # the closing usage chunk
             return Chunk([], prompt_tokens=usage.get("prompt_tokens"), cached_tokens=details.get("cached_tokens"))
         choice = choices[0]
-        if "token_ids" not in choice and choice.get("text"):
+        # a vLLM that knows the field sends it null when it ignores the request; an older one omits it
+        if choice.get("token_ids") is None and choice.get("text"):
             raise ValueError("the server sends no token ids (vLLM 0.10.2 or newer is needed for return_token_ids)")
         reason = choice.get("finish_reason")
         # we send no stop strings, so the server's "stop" is an end-of-sequence token
