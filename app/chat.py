@@ -50,6 +50,7 @@ from app.engine import (
     SamplingParams,
     Turn,
 )
+from app.engine.detokenize import shown_prefix
 from app.export import FILE_SUFFIX, write_export
 from storage.errors import InvalidInput, NotFound, SearchTooSlow, StorageUnavailable
 from storage.journal import Journal, PendingReply
@@ -846,6 +847,11 @@ class ChatService:
         finish_reason = self._finish_reason(result, ending)
         generated = result.token_ids if result is not None else []
         text = valid_text(result.text) if result is not None else reply.text
+        if ending == "stopped" and generated:
+            # what was on screen at the click is what is stored, not tokens made after it
+            shown = shown_prefix(self.prompt_format.tokenizer, list(generated), reply.text)
+            if shown is not None:
+                generated, text = shown
         details: dict[str, Any] = params.to_dict()
         if result is not None:
             if result.time_to_first_token is not None:

@@ -39,3 +39,20 @@ class IncrementalDecoder:
 
     def full_text(self) -> str:
         return self._decode(self.ids)
+
+
+def shown_prefix(tokenizer: Any, ids: list[int], shown: str, *, look_back: int = 64) -> tuple[list[int], str] | None:
+    """The longest prefix of ``ids`` whose text is no more than ``shown``, and that text.
+
+    A Stop ends what the tester sees at once, while the engine may already have made a
+    few more tokens; storing those would store text nobody saw (and the next prompt
+    would continue from it). The streamed text is the decoder's output, so it ends on a
+    prefix of the ids; only the last ``look_back`` prefixes are tried (the engine is never
+    further ahead than that), and None means no prefix fits, e.g. when the shown text was
+    sanitised, so the caller keeps the whole reply.
+    """
+    for count in range(len(ids), max(-1, len(ids) - look_back - 1), -1):
+        text = tokenizer.decode(ids[:count], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if shown.startswith(text) and not text.endswith(REPLACEMENT_CHAR):
+            return ids[:count], text
+    return None
