@@ -89,6 +89,9 @@ CSS = f"""
 }}
 #chat .message .prose, #chat .message .prose * {{ color: inherit; }}
 #chat .message .prose pre, #chat .message .prose code {{ color: var(--body-text-color); }}
+/* the empty chat's hint: centred, quieter than messages, never touching the edges */
+#chat .placeholder-content {{ padding: 0 var(--spacing-xxl); }}
+#chat .placeholder, #chat .placeholder .prose {{ text-align: center; color: var(--body-text-color); opacity: 0.75; }}
 #chat .reply-stats {{ color: var(--body-text-color); opacity: 0.7; font-size: var(--text-xs); }}
 #chat .versions {{ font-size: var(--text-sm); color: var(--body-text-color); opacity: 0.8; white-space: nowrap; }}
 #chat .versions a {{ text-decoration: none; padding: 0 0.35em; font-weight: bold; color: var(--link-text-color); }}
