@@ -393,18 +393,20 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         return button_updates(True)
 
     async def end_reply(request: gr.Request) -> tuple[Any, ...]:
-        """After a send, retry or edit: the buttons for whatever chat is on screen now, and
-        that chat as stored (its version switches and ratings), unless a reply still streams there."""
+        """After a send, retry or edit: the buttons for whatever chat is on screen now, that
+        chat as stored (its version switches and ratings) unless a reply still streams there,
+        and its id: a frame of the reply's own chat that Gradio delivered after a switch to
+        another chat would otherwise leave the next message aimed at the chat no longer shown."""
         conversation_id = views.on_screen(request.session_hash)
         if not conversation_id:
-            return (gr.update(), *button_updates(False, False))
+            return (gr.update(), conversation_id, *button_updates(False, False))
         try:
             conversation = await holder.get().open(request.username, conversation_id)
         except ChatError:
-            return (gr.update(), *button_updates(False, False))
+            return (gr.update(), gr.update(), *button_updates(False, False))
         live = holder.get().live_text(conversation)
         shown = views.shown(request.session_hash)
-        return (gr.update() if live is not None else marked_view(conversation, shown=shown),
+        return (gr.update() if live is not None else marked_view(conversation, shown=shown), conversation_id,
                 *button_updates(live is not None, has_exchange(conversation)))
 
     async def on_stop(conversation_id: str | None, request: gr.Request) -> tuple[Any, ...]:
@@ -794,24 +796,24 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         send_button.click(
             on_send, send_inputs, send_outputs, api_name="send", show_progress="hidden", trigger_mode="multiple",
             concurrency_id=REPLY_EVENTS,
-        ).then(end_reply, None, [chatbot, *buttons], api_name=False, show_progress="hidden")
+        ).then(end_reply, None, [chatbot, conversation_state, *buttons], api_name=False, show_progress="hidden")
         retry_button.click(begin_reply, None, buttons, api_name=False, show_progress="hidden", queue=False)
         retry_button.click(
             on_retry, [conversation_state, temperature, top_p, max_new_tokens, search],
             [chatbot, conversation_state, status, chat_list, chat_rows], api_name="retry", show_progress="hidden",
             trigger_mode="multiple", concurrency_id=REPLY_EVENTS,
-        ).then(end_reply, None, [chatbot, *buttons], api_name=False, show_progress="hidden")
+        ).then(end_reply, None, [chatbot, conversation_state, *buttons], api_name=False, show_progress="hidden")
         edit_outputs = [chatbot, conversation_state, status, chat_list, chat_rows]
         edit_settings = [temperature, top_p, max_new_tokens, search]
         chatbot.edit(begin_reply, None, buttons, api_name=False, show_progress="hidden", queue=False)
         chatbot.edit(
             on_chat_edit, [conversation_state, *edit_settings], edit_outputs, api_name=False,
             show_progress="hidden", trigger_mode="multiple", concurrency_id=REPLY_EVENTS,
-        ).then(end_reply, None, [chatbot, *buttons], api_name=False, show_progress="hidden")
+        ).then(end_reply, None, [chatbot, conversation_state, *buttons], api_name=False, show_progress="hidden")
         edit_button.click(
             on_edit, [conversation_state, edit_target, edit_text, *edit_settings], edit_outputs, api_name="edit",
             show_progress="hidden", trigger_mode="multiple", concurrency_id=REPLY_EVENTS,
-        ).then(end_reply, None, [chatbot, *buttons], api_name=False, show_progress="hidden")
+        ).then(end_reply, None, [chatbot, conversation_state, *buttons], api_name=False, show_progress="hidden")
         switch_version.click(
             on_switch_version, [conversation_state, version_target], [chatbot, status], api_name="switch_version",
             js=PICKED_VERSION_JS, show_progress="hidden",
