@@ -397,9 +397,12 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         chat as stored (its version switches and ratings) unless a reply still streams there,
         and its id: a frame of the reply's own chat that Gradio delivered after a switch to
         another chat would otherwise leave the next message aimed at the chat no longer shown."""
+        if views.page(request.session_hash) is None:
+            # a page this server did not see load (open across a restart): what it shows is its own
+            return (gr.update(), gr.update(), *button_updates(False, False))
         conversation_id = views.on_screen(request.session_hash)
-        if not conversation_id:
-            return (gr.update(), conversation_id, *button_updates(False, False))
+        if not conversation_id:  # a new, empty chat is on screen
+            return (chat_view(None), None, *button_updates(False, False))
         try:
             conversation = await holder.get().open(request.username, conversation_id)
         except ChatError:

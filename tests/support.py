@@ -106,8 +106,9 @@ class ServerProcess:
         """``CHAT_DATABASE_URL`` when the test gives one, else the data dir's SQLite file."""
         return self.env.get("CHAT_DATABASE_URL") or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'chat.db'}"
 
-    def start(self, timeout: float = 120.0) -> ServerProcess:
-        self.port = free_port()
+    def start(self, timeout: float = 120.0, *, same_port: bool = False) -> ServerProcess:
+        """Start (again); ``same_port`` restarts at the same address, as pages left open expect."""
+        self.port = self.port if same_port and self.port else free_port()
         self.log_path = self.data_dir / f"server-{self.port}.log"
         environment = {**os.environ}
         for name in ("CHAT_DATABASE_URL", "CHAT_ENGINE_URL"):  # only the test's own choice counts

@@ -710,6 +710,35 @@ def test_a_reply_still_being_written_cannot_be_rated_yet(server, pages):
     assert stored(server, "rater", conversation_id).messages[-1].rating.value == "up"
 
 
+def test_a_page_left_open_across_a_restart_goes_on_with_its_chat(tmp_path, pages):
+    """The admin restarts the server while a tester's tab stays open: without a reload, the
+    next messages still go to the chat on screen (the server has never seen that page load)."""
+    from tests.support import ServerProcess
+
+    data = tmp_path / "data"
+    data.mkdir()
+    process = ServerProcess(data, str(build_tiny_llama(tmp_path / "model")),
+                            {"CHAT_ADMIN_PASSWORD": "admin-password", "CHAT_MAX_NEW_TOKENS": "8"}).start()
+    try:
+        add_user(data, "stayer", PASSWORD)
+        page = pages()
+        log_in(page, process.url, "stayer", PASSWORD)
+        send_with_enter(page, "before the restart")
+        wait_until_settled(page)
+        chat = conversation_in_address(page)
+        process.stop()
+        process.start(same_port=True)
+        for text in ("after the restart", "and once more"):
+            send_with_enter(page, text)
+            wait_until_settled(page)
+            wait_for(lambda: page.locator("#send").is_visible(), timeout=30)
+        assert conversation_in_address(page) == chat
+        asked = [m.content for m in stored(process, "stayer", chat).messages if m.role == "user"]
+        assert asked == ["before the restart", "after the restart", "and once more"]
+    finally:
+        process.kill()
+
+
 def test_ctrl_c_with_pages_open_is_quick_and_quiet(tmp_path, pages):
     """A fresh server prints the admin password last, in a box; Ctrl-C with a tab open ends
     within 3 s when idle and within the grace period when a reply streams, with no traceback."""
