@@ -23,7 +23,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from storage.repository import ConversationSummary
-from storage.search_index import MIN_INDEXED_CHARS
+from storage.search_index import titles_only
 
 PAGE_SIZE = 50
 PINNED, TODAY, YESTERDAY, WEEK, OLDER = "Pinned", "Today", "Yesterday", "Previous 7 days", "Older"
@@ -185,5 +185,4 @@ def read_row_event(data: Any) -> RowEvent:
 
 def search_note(search: str | None) -> str:
     """The line under the search box: why a short search finds only titles (see ``Repository``)."""
-    words = (search or "").strip()
-    return SHORT_SEARCH_NOTE if 0 < len(words) < MIN_INDEXED_CHARS else ""
+    return SHORT_SEARCH_NOTE if titles_only(search or "") else ""

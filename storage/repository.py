@@ -37,7 +37,7 @@ from storage.models import (
     User,
     utcnow,
 )
-from storage.search_index import FTS_TABLE, MIN_INDEXED_CHARS, IndexKind, find_index, fts_phrase
+from storage.search_index import FTS_TABLE, IndexKind, find_index, fts_phrase, titles_only
 from storage.tokens import pack_token_ids, unpack_token_ids
 from storage.tree import branch, children_of, subtree_ids
 
@@ -682,7 +682,7 @@ class Repository:
         """
         pattern = "%" + _escape_like(words) + "%"
         title_matches = Conversation.title.ilike(pattern, escape="\\")
-        if len(words) < MIN_INDEXED_CHARS:
+        if titles_only(words):
             return title_matches
         index = await self._search_index(session)
         if index is None or not await self._has_many_messages(session, user_id):

@@ -23,6 +23,11 @@ TRGM_INDEX = "ix_messages_content_trgm"
 IndexKind = Literal["fts5", "trgm"]
 
 
+def titles_only(search: str) -> bool:
+    """A search too short for any text index matches chat titles only (and the page says so)."""
+    return 0 < len(search.strip()) < MIN_INDEXED_CHARS
+
+
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
     """Alembic hook: leave the search index (FTS tables, the GIN index) out of autogenerate."""
     if type_ == "table" and name and name.startswith(FTS_TABLE):

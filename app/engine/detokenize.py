@@ -14,6 +14,11 @@ from typing import Any
 REPLACEMENT_CHAR = "\ufffd"
 
 
+def decode_text(tokenizer: Any, ids: list[int]) -> str:
+    """A reply's text from its ids, exactly as it is streamed (one setting for every caller)."""
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
 class IncrementalDecoder:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -22,9 +27,7 @@ class IncrementalDecoder:
         self.read_offset = 0
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(
-            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
+        return decode_text(self.tokenizer, ids)
 
     def push(self, token_id: int) -> str:
         """Add one token; return the text it completes (possibly empty)."""
@@ -52,7 +55,7 @@ def shown_prefix(tokenizer: Any, ids: list[int], shown: str, *, look_back: int =
     sanitised, so the caller keeps the whole reply.
     """
     for count in range(len(ids), max(-1, len(ids) - look_back - 1), -1):
-        text = tokenizer.decode(ids[:count], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text = decode_text(tokenizer, ids[:count])
         if shown.startswith(text) and not text.endswith(REPLACEMENT_CHAR):
             return ids[:count], text
     return None
