@@ -14,10 +14,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from app.auth import WeakPassword, check_password_strength, hash_password
+from app.accounts.passwords import WeakPassword, check_password_strength, hash_password
 from app.config import Settings
-from app.export import FORMATS, import_json, write_export
 from app.migrate import upgrade
+from app.services.export_formats import FORMATS, import_json, write_export
 from storage.database import Database
 from storage.errors import StorageError
 from storage.repository import Repository
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             engine_url=args.engine_url or settings.engine_url,
             engine_protocol=args.engine_protocol or settings.engine_protocol,
         )
-        from app.server import serve
+        from app.web.server import serve
 
         return serve(settings)
     upgrade(settings.database_url)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from app.auth import hash_password
+from app.accounts.passwords import hash_password
 from app.config import sqlite_url
 from app.migrate import upgrade
 from storage.database import Database

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from app.auth import WeakPassword, check_password_strength, hash_password, verify_password
+from app.accounts.passwords import WeakPassword, check_password_strength, hash_password, verify_password
 
 
 def test_hashes_are_salted_and_verify():

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.chat_list import when
+from app.web.page.chat_list import when
 
 NOW = datetime(2026, 11, 26, 14, 0, tzinfo=UTC)  # a Thursday
 

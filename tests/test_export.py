@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from app.auth import verify_password
+from app.accounts.passwords import verify_password
 from app.config import sqlite_url
-from app.export import import_json, write_export
 from app.migrate import upgrade
+from app.services.export_formats import import_json, write_export
 from storage.database import Database, is_sqlite
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.repository import ConversationRecord, NewMessage, Repository

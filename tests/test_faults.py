@@ -28,7 +28,7 @@ import pytest
 from gradio_client import Client
 
 from app.config import sqlite_url
-from app.ui import PENDING_NOTE, message_bubble
+from app.web.page.ui import PENDING_NOTE, message_bubble
 from tests.support import ServerProcess, build_tiny_llama, free_port, running_server
 from tests.test_server import PASSWORD, bubble_texts, send, stored
 

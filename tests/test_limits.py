@@ -88,7 +88,7 @@ def test_fifty_testers_on_a_one_slot_engine_all_reach_it_and_pages_stay_quick(tm
 
         holder.cancel()  # Stop: the queue drains
         finals = {name: job.result() for name, job in jobs.items()}
-        # a page that opened another view mid-reply gets no status update for this one (see app/views.py)
+        # a page that opened another view mid-reply gets no status update for this one (see app/web/page/page_views.py)
         busy = [name for name, final in finals.items() if isinstance(final[3], str) and final[3]]
         assert busy == [], [finals[name][3] for name in busy]
         waits = sorted(acknowledged.values())

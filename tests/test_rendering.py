@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from markdown_it import MarkdownIt
 
-from app.rendering import safe_markdown
+from app.web.page.rendering import safe_markdown
 
 # CommonMark with raw HTML allowed, like the page's renderer: what survives as HTML here would be live there
 MARKDOWN = MarkdownIt("commonmark", {"html": True})

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import text, update
 
 import storage.repository as repository_module
-from app.chat import SEARCHES_PER_WINDOW, RateLimited, SearchGate
+from app.services.errors import RateLimited
+from app.services.limits import SEARCHES_PER_WINDOW, SearchGate
 from storage.errors import InvalidInput, SearchTooSlow
 from storage.models import Message, utcnow
 from storage.repository import SEARCH_MAX_CHARS, NewMessage, Repository

@@ -742,7 +742,7 @@ def test_a_page_left_open_across_a_restart_goes_on_with_its_chat(tmp_path, pages
 def test_ctrl_c_with_pages_open_is_quick_and_quiet(tmp_path, pages):
     """A fresh server prints the admin password last, in a box; Ctrl-C with a tab open ends
     within 3 s when idle and within the grace period when a reply streams, with no traceback."""
-    from app.server import SHUTDOWN_GRACE_SECONDS
+    from app.web.server import SHUTDOWN_GRACE_SECONDS
     from tests.support import ServerProcess
 
     model = build_tiny_llama(tmp_path / "model")

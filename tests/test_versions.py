@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.export import escape_markdown_blocks, import_json, write_export
+from app.services.export_formats import escape_markdown_blocks, import_json, write_export
 from storage.errors import InvalidInput, NotFound
 from storage.repository import ConversationRecord, MessageRecord, NewMessage, Repository
 

@@ -15,8 +15,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from app.export_route import EXPORTS_PER_WINDOW, ExportGate, ExportRefused
-from app.login_guard import (
+from app.accounts.login_guard import (
     FREE_FAILURES_PER_ADDRESS,
     FREE_FAILURES_PER_PAIR,
     MAX_CONCURRENT_HASHES,
@@ -25,7 +24,8 @@ from app.login_guard import (
     LoginGuard,
     Throttled,
 )
-from app.message_window import PAGE_MESSAGES
+from app.web.export_route import EXPORTS_PER_WINDOW, ExportGate, ExportRefused
+from app.web.page.message_window import PAGE_MESSAGES
 from storage.database import Database
 from storage.models import utcnow
 from storage.repository import NewMessage, Repository

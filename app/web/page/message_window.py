@@ -3,7 +3,7 @@
 Opening a 2,000-message chat used to send every message (16 MB) to the page at once.
 The page now gets the newest ``PAGE_MESSAGES``; its "Show earlier messages" control
 asks for another page each time. How many a page shows is kept per page session (in
-``app.views.PageView.shown_messages``) and starts over when another chat is opened.
+``app.web.page.page_views.PageView.shown_messages``) and starts over when another chat is opened.
 """
 
 from __future__ import annotations

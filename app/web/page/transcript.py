@@ -1,20 +1,20 @@
 """A stored chat as the page's chat bubbles: text, notes, figures, version switches and ratings.
 
-No Gradio here: the page (app/ui.py) hands these lists to its Chatbot. Bubble i
+No Gradio here: the page (app/web/page/ui.py) hands these lists to its Chatbot. Bubble i
 shows message i of the branch on screen, so an event on a bubble (a rating, an
 edit) finds its message by position; a reply still streaming is the bubble after
 the last stored message.
 
 A message with several versions carries a "‹ 2 / 3 ›" line whose arrows are
-links to ``#v-<message id>``: the page's script (app/page_assets.py) turns a
+links to ``#v-<message id>``: the page's script (app/web/page/assets.py) turns a
 click on one into the switch-version event, so nothing navigates.
 """
 
 from __future__ import annotations
 
-from app.chat import interrupted
-from app.message_window import PAGE_MESSAGES, newest
-from app.rendering import safe_markdown
+from app.services.chat import interrupted
+from app.web.page.message_window import PAGE_MESSAGES, newest
+from app.web.page.rendering import safe_markdown
 from storage.repository import ConversationRecord, MessageRecord
 
 FINISH_NOTES = {
@@ -30,7 +30,7 @@ INTERRUPTED_NOTE = "⚠ This reply was interrupted (the server stopped). Press *
 
 
 def shown_as_text(text: str) -> str:
-    """Markdown for the page: code as code, no live HTML, no remote images (see app/rendering.py)."""
+    """Markdown for the page: code as code, no live HTML, no remote images (see app/web/page/rendering.py)."""
     return safe_markdown(text).markdown
 
 

@@ -22,8 +22,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from starlette.background import BackgroundTask
 
-from app.chat import ChatError, ChatService, ConversationNotFound, Unavailable
-from app.export import MEDIA_TYPE
+from app.services.chat import ChatService
+from app.services.errors import ChatError, ConversationNotFound, Unavailable
+from app.services.export_formats import MEDIA_TYPE
 
 EXPORTS_PER_WINDOW = 10
 EXPORT_WINDOW_SECONDS = 60.0

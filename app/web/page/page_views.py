@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from app.message_window import PAGE_MESSAGES
+from app.web.page.message_window import PAGE_MESSAGES
 
 MAX_PAGES = 20_000
 
@@ -23,7 +23,7 @@ class PageView:
     conversation_id: str | None = None
     timezone: str = "UTC"
     shown_chats: int = 0
-    shown_messages: int = PAGE_MESSAGES  # of the open chat (see app/message_window.py)
+    shown_messages: int = PAGE_MESSAGES  # of the open chat (see app/web/page/message_window.py)
 
 
 class Views:

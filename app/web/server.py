@@ -28,27 +28,27 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.routing import Mount
 
-from app.auth import generate_password, hash_password
-from app.chat import ChatService
+from app.accounts.login_guard import LoginGuard
+from app.accounts.passwords import generate_password, hash_password
+from app.accounts.sessions import DatabaseUnavailable, SessionManager
 from app.config import Settings
 from app.engine import Engine, LoadedModel, ModelLoadError, PromptFormat, load_model
 from app.engine.fast_linear import pack_linear_layers
 from app.engine.remote import RemoteEngine, RemoteEngineError, probe_server
 from app.engine.remote_model import load_tokenizer_only
-from app.export_route import build_export_router
-from app.login_guard import LoginGuard
 from app.migrate import upgrade_async
-from app.page_assets import CSS, PAGE_JS
-from app.sessions import DatabaseUnavailable, SessionManager
-from app.ui import REPLY_EVENTS, ServiceHolder, build_ui
-from app.web_auth import SignupLimiter, build_auth_router
-from app.web_security import SecurityMiddleware
+from app.services.chat import ChatService
+from app.web.auth_routes import SignupLimiter, build_auth_router
+from app.web.export_route import build_export_router
+from app.web.page.assets import CSS, PAGE_JS
+from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
+from app.web.security import SecurityMiddleware
 from storage.database import Database
 from storage.errors import StorageUnavailable
 from storage.journal import Journal
 from storage.repository import Repository
 
-log = logging.getLogger("app.server")
+log = logging.getLogger("app.web.server")
 
 FIRST_ADMIN = "admin"
 SHUTDOWN_GRACE_SECONDS = 5.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 PHONE_WIDTH = 700
 
-# The sidebar's chat list (app/chat_list.py renders it), its row menu and the delete dialog.
+# The sidebar's chat list (app/web/page/chat_list.py renders it), its row menu and the delete dialog.
 CHAT_LIST_CSS = """
 #chat-list { font-size: var(--text-md); }
 #chat-list .chat-groups { display: flex; flex-direction: column; gap: 10px; }

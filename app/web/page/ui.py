@@ -1,12 +1,12 @@
 """The Gradio Blocks page: layout and event wiring only; every rule lives in ChatService.
 
-Handlers read the user from ``request.username`` (our login, app/sessions.py) and nothing the
+Handlers read the user from ``request.username`` (our login, app/accounts/sessions.py) and nothing the
 browser sends can name another user. Text is shown as text: HTML in messages and
-titles is made inert outside code (app/rendering.py), so a ``<script>`` is displayed,
+titles is made inert outside code (app/web/page/rendering.py), so a ``<script>`` is displayed,
 never run, and code shows ``<`` literally.
 
 One chat, one stream: a reply streams through the event that sent its message, and
-every update it makes first checks (app/views.py) that its chat is still the one on
+every update it makes first checks (app/web/page/page_views.py) that its chat is still the one on
 that page, so opening another chat mid-reply shows that chat and nothing else.
 """
 
@@ -20,11 +20,10 @@ from typing import Any
 
 import gradio as gr
 
-from app import chat_list as listing
-from app.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted, options_of, valid_text
 from app.config import Settings
-from app.message_window import PAGE_MESSAGES, earlier_label, more, newest
-from app.page_assets import (
+from app.services.chat import ChatError, ChatEvent, ChatOptions, ChatService, interrupted, options_of, valid_text
+from app.web.page import chat_list as listing
+from app.web.page.assets import (
     CHAT_LIST_JS,
     NEW_CHAT_JS,
     PICKED_VERSION_JS,
@@ -32,7 +31,9 @@ from app.page_assets import (
     TIMEZONE_JS,
     TOGGLE_THEME_JS,
 )
-from app.transcript import (
+from app.web.page.message_window import PAGE_MESSAGES, earlier_label, more, newest
+from app.web.page.page_views import Views
+from app.web.page.transcript import (
     FINISH_NOTES,
     PENDING_NOTE,
     conversation_bubbles,
@@ -42,7 +43,6 @@ from app.transcript import (
     shown_messages,
     with_user_versions,
 )
-from app.views import Views
 from storage.repository import ConversationRecord
 from storage.tree import path_to
 
@@ -53,7 +53,7 @@ STOP_WAIT_STEPS = 15
 ON_SCREEN = object()  # marks a stream whose last frame showed its own chat
 
 
-# The sidebar's chat list as the page shows it (rendered by app/chat_list.py). It is left
+# The sidebar's chat list as the page shows it (rendered by app/web/page/chat_list.py). It is left
 # out of the API: API clients read the same list as (label, id) choices of the hidden
 # radio, so this page-only output changes no endpoint's shape. Gradio's ComponentMeta
 # would also write a .pyi stub into our source tree for any Component subclass; for a

@@ -30,8 +30,7 @@ import shutil
 import tempfile
 import time
 import unicodedata
-from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,18 @@ from app.engine import (
     Turn,
 )
 from app.engine.detokenize import shown_prefix
-from app.export import FILE_SUFFIX, write_export
+from app.services.errors import (
+    CANNOT_READ,
+    CANNOT_SAVE,
+    Busy,
+    ChatError,
+    ConversationNotFound,
+    MessageNotFound,
+    RateLimited,
+    database_faults,
+)
+from app.services.export_formats import FILE_SUFFIX, write_export
+from app.services.limits import SearchGate
 from storage.errors import InvalidInput, NotFound, SearchTooSlow, StorageUnavailable
 from storage.journal import Journal, PendingReply
 from storage.models import utcnow
@@ -72,101 +82,6 @@ TITLE_LENGTH = 60
 WAIT_FOR_RESULT_SECONDS = 10.0
 EXPORT_FILES_KEPT_SECONDS = 3600
 ALLOWED_CONTROL_CHARACTERS = {"\n", "\t", "\r"}
-
-
-class ChatError(Exception):
-    """A refusal to show the tester as is: says what happened and what to do."""
-
-
-class ConversationNotFound(ChatError):
-    def __init__(self) -> None:
-        super().__init__("Conversation not found. It may have been deleted; pick another from the list.")
-
-
-class MessageNotFound(ChatError):
-    def __init__(self) -> None:
-        super().__init__("Message not found. It may have been deleted; reopen the chat.")
-
-
-class Busy(ChatError):
-    """The engine's queue is full; the typed text must be kept for a retry."""
-
-
-class RateLimited(ChatError):
-    pass
-
-
-SEARCHES_PER_WINDOW = 30
-SEARCH_WINDOW_SECONDS = 10.0
-SEARCHES_WAITING_PER_USER = 2
-SEARCHES_AT_ONCE = 4  # SQLAlchemy's default pool holds 5 (+10 overflow) connections
-SEARCH_SLOT_WAIT_SECONDS = 3.0
-
-
-class SearchGate:
-    """Bounds what searching can take from the database.
-
-    Per user: one search runs at a time, at most ``SEARCHES_WAITING_PER_USER`` wait
-    behind it, and at most ``SEARCHES_PER_WINDOW`` start per ``SEARCH_WINDOW_SECONDS``.
-    For everyone together: at most ``at_once`` searches run at the same time, so they
-    can never hold the whole connection pool (opening a chat, sending, ``/healthz``
-    always find a connection); a search that cannot start within ``wait_seconds`` is
-    refused. With the storage's time limit per search, each slot frees within seconds.
-    """
-
-    def __init__(self, at_once: int = SEARCHES_AT_ONCE, wait_seconds: float = SEARCH_SLOT_WAIT_SECONDS) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._waiting: dict[str, int] = {}
-        self._started: dict[str, deque[float]] = {}
-        self._running = asyncio.Semaphore(at_once)
-        self._wait_seconds = wait_seconds
-
-    @contextlib.asynccontextmanager
-    async def turn(self, username: str) -> AsyncIterator[None]:
-        now = time.monotonic()
-        started = self._started.setdefault(username, deque())
-        while started and now - started[0] > SEARCH_WINDOW_SECONDS:
-            started.popleft()
-        if len(started) >= SEARCHES_PER_WINDOW:
-            raise RateLimited("Too many searches in a short time; wait a few seconds and search again.")
-        lock = self._locks.setdefault(username, asyncio.Lock())
-        if lock.locked() and self._waiting.get(username, 0) >= SEARCHES_WAITING_PER_USER:
-            raise RateLimited("Your earlier searches are still running; wait a moment and search again.")
-        self._waiting[username] = self._waiting.get(username, 0) + 1
-        try:
-            await lock.acquire()
-        finally:
-            self._waiting[username] -= 1
-        try:
-            started.append(time.monotonic())
-            try:
-                async with asyncio.timeout(self._wait_seconds):
-                    await self._running.acquire()
-            except TimeoutError:
-                raise RateLimited("Search is busy for everyone right now; try again in a moment.") from None
-            try:
-                yield
-            finally:
-                self._running.release()
-        finally:
-            lock.release()
-
-
-CANNOT_SAVE = "The server cannot save right now; your message was kept. Try again in a moment."
-CANNOT_READ = "The server cannot reach its database right now; try again in a moment."
-
-
-class Unavailable(ChatError):
-    """The database is down, full or read-only: one sentence for the tester, details in the log."""
-
-
-@contextlib.contextmanager
-def database_faults(sentence: str) -> Iterator[None]:
-    """Turn a storage fault into the tester's sentence (the cause is logged by storage)."""
-    try:
-        yield
-    except StorageUnavailable:
-        raise Unavailable(sentence) from None
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.auth import (
+from app.accounts.login_guard import HashingBusy, LoginGuard, Throttled
+from app.accounts.passwords import (
     MAX_PASSWORD_LENGTH,
     WeakPassword,
     check_password_strength,
     hash_password,
     verify_password,
 )
-from app.login_guard import HashingBusy, LoginGuard, Throttled
-from app.sessions import CurrentLogin, DatabaseUnavailable, SessionManager
+from app.accounts.sessions import CurrentLogin, DatabaseUnavailable, SessionManager
 from storage.errors import Conflict, InvalidInput, NotFound, StorageUnavailable
 from storage.models import USERNAME_MAX
 from storage.repository import Repository, UserRecord
