@@ -49,6 +49,7 @@ bench: $(STAMP) llama-server
 	$(PY) bench/throughput.py --requests 32 --max-batch-size 32
 	$(PY) bench/multiturn.py
 	$(PY) bench/backends.py
+	$(PY) bench/served.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -30,34 +30,20 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.serving import Reply, ask, sign_up_all, warm_up
 from bench.throughput import TOPICS, percentile
 from tests.llama_support import LlamaServer, llama_server_binary
-from tests.support import ServerProcess, api_client, running_server
-from tests.test_server import bubble_texts, stored
-
-PASSWORD = "bench-password-123"
-
-
-@dataclass
-class Reply:
-    """One user's reply as the client saw it and as the app stored it."""
-
-    username: str
-    ttft: float
-    seconds: float
-    tokens: int
-    finish_reason: str
+from tests.support import ServerProcess, running_server
+from tests.test_server import stored
 
 
 @dataclass
@@ -82,38 +68,6 @@ class Outcome:
         return percentile([reply.ttft for reply in self.replies], fraction)
 
 
-def sign_up(server: ServerProcess, username: str):
-    """Sign up over HTTP as a new tester would, then log in with gradio_client."""
-    response = httpx.post(server.url + "signup", data={"username": username, "password": PASSWORD}, timeout=30)
-    if response.status_code != 303:
-        raise RuntimeError(f"sign-up of {username} failed: {response.status_code} {response.text[:200]}")
-    for attempt in range(3):  # gradio_client's login waits 5 s; scrypt on a loaded machine can take longer
-        try:
-            return api_client(server.url, username, PASSWORD)
-        except httpx.TimeoutException:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-def ask(client, text: str, new_tokens: int, start: threading.Barrier | None = None):
-    """Send one message, read the stream; returns when it was sent, first showed reply text, ended; the chat id."""
-    if start is not None:
-        start.wait()
-    sent = time.perf_counter()
-    first = None
-    job = client.submit(text, "", "", 0.0, 1.0, new_tokens, "", api_name="/send")
-    for update in job:
-        bubbles = bubble_texts(update[0]) if update[0] else []
-        if first is None and bubbles and bubbles[-1][0] == "assistant" and bubbles[-1][1] not in ("", "…"):
-            first = time.perf_counter()
-    done = time.perf_counter()
-    final = job.result()
-    if final[3]:
-        raise RuntimeError(f"the app answered with a status instead of a reply: {final[3]}")
-    return sent, first or done, done, final[2]
-
-
 @dataclass
 class Backend:
     """An app server on one backend with its testers signed up and logged in."""
@@ -126,9 +80,8 @@ class Backend:
 
 def prepare(label: str, server: ServerProcess, users: int) -> Backend:
     names = [f"bench{index:02d}" for index in range(users)]
-    with ThreadPoolExecutor(4) as setup:  # not timed: a few at a time, as testers arrive
-        clients = list(setup.map(lambda name: sign_up(server, name), names))
-    ask(clients[0], "Say hello.", 8)  # warm-up, untimed: first-request costs of either backend
+    clients = sign_up_all(server, names)
+    warm_up(clients[0])  # first-request costs of either backend
     return Backend(label, server, names, clients)
 
 

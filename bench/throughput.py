@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import platform
 import random
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,19 +39,38 @@ TOPICS = [
 ]
 
 
-def make_prompts(loaded: LoadedModel, count: int, seed: int) -> list[list[int]]:
-    """Chat-formatted prompts of varied length (one to four sentences of request)."""
+def prompt_texts(count: int, seed: int) -> list[str]:
+    """Requests of varied length (one to four sentences); ``bench/served.py`` sends the same ones."""
     rng = random.Random(seed)
-    prompts = []
+    texts = []
     for index in range(count):
         topic = TOPICS[index % len(TOPICS)]
         extra = " Please keep it vivid, concrete and friendly." * rng.randint(0, 3)
-        text = f"Write a short story about {topic}.{extra}"
-        ids = loaded.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        prompts.append(list(ids))
-    return prompts
+        texts.append(f"Write a short story about {topic}.{extra}")
+    return texts
+
+
+def make_prompts(loaded: LoadedModel, count: int, seed: int) -> list[list[int]]:
+    """Chat-formatted prompts of varied length (one to four sentences of request)."""
+    return [chat_prompt(loaded, text) for text in prompt_texts(count, seed)]
+
+
+def chat_prompt(loaded: LoadedModel, text: str) -> list[int]:
+    """A first message as the model's chat template frames it (as the app does for a new chat)."""
+    ids = loaded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return list(ids)
+
+
+def describe_machine() -> str:
+    """The CPU and the kernels torch picked for it: figures from two machines differ by these first."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    cpu = names[0] if names else platform.processor() or "unknown CPU"
+    return (f"CPU {cpu}, {os.cpu_count()} cores; torch {torch.__version__}, CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -103,13 +125,18 @@ def run_sequential(loaded: LoadedModel, prompts: list[list[int]], arrivals: list
 
 
 async def run_engine(loaded: LoadedModel, prompts: list[list[int]], arrivals: list[float], new_tokens: int,
-                     max_batch_size: int):
+                     max_batch_size: int, *, repetition_penalty: float = 1.0, warm_up: list[int] | None = None):
+    """All requests on one engine, each submitted at its arrival; ``warm_up`` is one untimed reply first
+    (``bench/served.py`` gives its server one too, so both start with the system prompt in the prefix cache)."""
     engine = Engine(loaded, max_batch_size=max_batch_size, max_queue=len(prompts))
     engine.start()
     await engine.wait_ready()
     params = SamplingParams(
-        temperature=0.0, repetition_penalty=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens
+        temperature=0.0, repetition_penalty=repetition_penalty, max_new_tokens=new_tokens, min_new_tokens=new_tokens
     )
+    if warm_up:
+        await (await engine.submit(warm_up, replace(params, max_new_tokens=8, min_new_tokens=0))).final()
+    steps_before = engine.stats().steps
     start = time.perf_counter()
 
     async def one(prompt: list[int], arrival: float):
@@ -119,7 +146,7 @@ async def run_engine(loaded: LoadedModel, prompts: list[list[int]], arrivals: li
 
     results = await asyncio.gather(*(one(p, a) for p, a in zip(prompts, arrivals, strict=True)))
     elapsed = time.perf_counter() - start
-    steps = engine.stats().steps
+    steps = engine.stats().steps - steps_before
     await engine.stop()
     assert all(r.completion_tokens == new_tokens for r in results), "engine produced a different amount of work"
     return elapsed, [r.time_to_first_token for r in results], steps
@@ -156,6 +183,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     arrivals = sorted(rng.uniform(0.0, 1.0) for _ in prompts)
     work = args.requests * args.new_tokens
+    print(describe_machine())
     print(f"model {loaded.name}, {torch.get_num_threads()} threads, {args.requests} requests x "
           f"{args.new_tokens} new tokens, prompts {min(map(len, prompts))}-{max(map(len, prompts))} tokens")
 
