@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text, update
 
-import storage.repository as repository_module
+import storage.repository.search as search_module
 from app.services.errors import RateLimited
 from app.services.limits import SEARCHES_PER_WINDOW, SearchGate
 from storage.errors import InvalidInput, SearchTooSlow
@@ -74,10 +74,10 @@ async def test_a_search_past_its_time_limit_is_stopped_and_the_connection_recove
 ):
     alice = await make_user("alice")
     await seed(repository, alice.id, chats=20, messages_per_chat=50, text=FILLER)
-    monkeypatch.setattr(repository_module, "SEARCH_TIMEOUT_SECONDS", 0.001)
+    monkeypatch.setattr(search_module, "SEARCH_TIMEOUT_SECONDS", 0.001)
     with pytest.raises(SearchTooSlow, match=r"longer than 0\.001 seconds and was stopped"):
         await repository.list_conversations(alice.id, search="no such words anywhere")
-    monkeypatch.setattr(repository_module, "SEARCH_TIMEOUT_SECONDS", 10.0)
+    monkeypatch.setattr(search_module, "SEARCH_TIMEOUT_SECONDS", 10.0)
     # the pooled connection is usable again, and no time limit is left behind on it
     assert len(await repository.list_conversations(alice.id, limit=500)) == 20
     assert len(await repository.list_conversations(alice.id, search="dolor", limit=500)) == 20
@@ -139,7 +139,7 @@ async def test_searches_of_everyone_together_never_hold_more_than_a_few_connecti
 async def test_the_text_index_finds_substrings_of_the_users_own_messages_and_follows_edits(
     repository, make_user, monkeypatch
 ):
-    monkeypatch.setattr(repository_module, "SCAN_UP_TO_MESSAGES", 1)  # the index even for these few messages
+    monkeypatch.setattr(search_module, "SCAN_UP_TO_MESSAGES", 1)  # the index even for these few messages
     alice, bob = await make_user("alice"), await make_user("bob")
     mine, _ = await repository.start_conversation(
         alice.id, "plain title", "m", [NewMessage("user", "Our Hydroponics setup leaks"), NewMessage("assistant", "ok")]
