@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from app.engine.contract import PrefixCacheStats
 from app.engine.kv_cache import RowKV
 
 MIN_TOKENS_TO_KEEP = 16
@@ -34,17 +35,6 @@ class _Entry:
     token_ids: torch.Tensor  # int64 [length]
     kv: RowKV
     nbytes: int
-
-
-@dataclass(frozen=True)
-class PrefixCacheStats:
-    entries: int
-    bytes_used: int
-    budget_bytes: int
-    lookups: int
-    hits: int
-    reused_tokens: int
-    evictions: int
 
 
 class PrefixCache:

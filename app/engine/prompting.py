@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.engine.batcher import PromptTooLong
+from app.engine.contract import PromptTooLong
 
 PROBE_USER = "Hello there"
 PROBE_REPLY = "GENERAL KENOBI 7319"

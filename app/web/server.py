@@ -25,23 +25,26 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from starlette.routing import Mount
 
 from app.accounts.login_guard import LoginGuard
 from app.accounts.passwords import generate_password, hash_password
 from app.accounts.sessions import DatabaseUnavailable, SessionManager
 from app.config import Settings
-from app.engine import Engine, LoadedModel, ModelLoadError, PromptFormat, load_model
+from app.engine import ChatEngine, Engine, LoadedModel, ModelLoadError, PromptFormat, load_model
 from app.engine.fast_linear import pack_linear_layers
-from app.engine.remote import RemoteEngine, RemoteEngineError, probe_server
+from app.engine.remote import RemoteEngine
+from app.engine.remote_errors import RemoteEngineError
 from app.engine.remote_model import load_tokenizer_only
+from app.engine.remote_probe import probe_server
 from app.migrate import upgrade_async
 from app.services.chat import ChatService
 from app.web.auth_routes import SignupLimiter, build_auth_router
 from app.web.export_route import build_export_router
+from app.web.health import build_health_router
 from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
+from app.web.resources import ServerResources
 from app.web.security import SecurityMiddleware
 from storage.database import Database
 from storage.errors import StorageUnavailable
@@ -99,7 +102,7 @@ def password_box(password: str) -> str:
 def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
     """The ASGI app; ``loaded`` is the model, already loaded (see ``serve``)."""
     holder = ServiceHolder()
-    resources: dict[str, object] = {}
+    resources = ServerResources()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -114,13 +117,14 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
             except StorageUnavailable:
                 log.warning("%d replies from the last run wait for the database", journal.backlog)
         replayer = asyncio.create_task(journal.keep_replaying(repository), name="journal-replay")
-        resources["first_admin_password"] = await ensure_first_admin(repository)
+        resources.first_admin_password = await ensure_first_admin(repository)
         engine = build_engine(settings, loaded)
         engine.start()
         await engine.wait_ready()
         sessions = SessionManager(repository)
         await sessions.prune()
-        resources.update(database=database, engine=engine, sessions=sessions, journal=journal)
+        resources.database, resources.engine = database, engine
+        resources.sessions, resources.journal = sessions, journal
         export_dir = settings.data_dir / "exports-tmp"
         export_dir.mkdir(parents=True, exist_ok=True)
         holder.service = ChatService(
@@ -150,87 +154,24 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
 
     async def drain() -> None:
         """Finish or stop every running reply and let its handler store it; safe to call twice."""
-        engine = resources.get("engine")
-        if not isinstance(engine, Engine | RemoteEngine) or resources.get("drained"):
+        if resources.engine is None or resources.drained:
             return
-        resources["drained"] = True
+        resources.drained = True
         print("Shutting down: finishing running replies...", flush=True)
-        await engine.stop(grace_seconds=SHUTDOWN_GRACE_SECONDS)
+        await resources.engine.stop(grace_seconds=SHUTDOWN_GRACE_SECONDS)
         if holder.service is not None:
             await holder.service.replies_settled(STORE_AFTER_SHUTDOWN_SECONDS)
 
     def announce() -> None:
         """Once uvicorn listens: where to go, then (first start only) the admin password, last."""
         print(f"Serving {loaded.name} on http://{settings.host}:{settings.port} (Ctrl-C stops)", flush=True)
-        password = resources.pop("first_admin_password", None)
-        if isinstance(password, str):
+        password, resources.first_admin_password = resources.first_admin_password, None
+        if password is not None:
             print(password_box(password), flush=True)
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.drain = drain
     app.state.announce = announce
-
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
-        """Healthy means a tester's next reply would be stored: the database takes a write
-        now, nothing waits in the journal, and the engine's worker is alive."""
-        database = resources.get("database")
-        engine = resources.get("engine")
-        journal = resources.get("journal")
-        report: dict[str, object] = {"model": loaded.name}
-        healthy = True
-        try:
-            assert isinstance(database, Database)
-            await database.check_writable()
-            report["database"] = "ok"
-        except StorageUnavailable as error:
-            report["database"] = f"not accepting writes ({error.reason})"
-            healthy = False
-        except Exception as error:
-            log.exception("health check of the database failed")
-            report["database"] = f"error: {type(error).__name__}"
-            healthy = False
-        if isinstance(journal, Journal):
-            report["journal"] = {"waiting": journal.backlog}
-            healthy = healthy and journal.backlog == 0
-        if isinstance(engine, RemoteEngine):
-            stats = engine.stats()
-            remote = await engine.health()
-            report["engine"] = {
-                **remote,
-                "running": stats.running,
-                "waiting": stats.waiting,
-                "max_concurrency": stats.max_batch_size,
-                "max_queue": stats.max_queue,
-                "generated_tokens": stats.generated_tokens,
-            }
-            healthy = healthy and remote["status"] == "ok"
-        elif isinstance(engine, Engine):
-            stats = engine.stats()
-            report["engine"] = {
-                "alive": stats.alive,
-                "ready": engine.ready,
-                "running": stats.running,
-                "waiting": stats.waiting,
-                "max_batch_size": stats.max_batch_size,
-                "max_queue": stats.max_queue,
-                "generated_tokens": stats.generated_tokens,
-                "prefilling": stats.prefilling,
-                "prefix_cache": {
-                    "entries": stats.prefix_cache.entries,
-                    "mb_used": round(stats.prefix_cache.bytes_used / 2**20, 1),
-                    "mb_budget": round(stats.prefix_cache.budget_bytes / 2**20, 1),
-                    "hits": stats.prefix_cache.hits,
-                    "lookups": stats.prefix_cache.lookups,
-                    "reused_tokens": stats.prefix_cache.reused_tokens,
-                },
-            }
-            healthy = healthy and stats.alive
-        else:
-            report["engine"] = "starting"
-            healthy = False
-        report["status"] = "ok" if healthy else "degraded"
-        return JSONResponse(report, status_code=200 if healthy else 503)
 
     guard = LoginGuard()
 
@@ -240,10 +181,9 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
         return holder.service.repository
 
     def sessions() -> SessionManager:
-        manager = resources.get("sessions")
-        if not isinstance(manager, SessionManager):
+        if resources.sessions is None:
             raise DatabaseUnavailable()
-        return manager
+        return resources.sessions
 
     async def logged_in(request: Request) -> bool:
         try:
@@ -252,11 +192,11 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
             return True  # let the page's own check answer "unavailable"
 
     async def current_username(request: Request) -> str | None:
-        manager = resources.get("sessions")
-        if not isinstance(manager, SessionManager):
+        if resources.sessions is None:
             raise HTTPException(503, "The server is still starting; try again in a few seconds.")
-        return await manager.username(request)
+        return await resources.sessions.username(request)
 
+    app.include_router(build_health_router(resources, loaded.name))
     app.include_router(build_export_router(holder.get, current_username))
     app.include_router(build_auth_router(
         repository, sessions, guard, signup_open=settings.signup == "open",
@@ -340,7 +280,7 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def build_engine(settings: Settings, loaded: LoadedModel) -> Engine | RemoteEngine:
+def build_engine(settings: Settings, loaded: LoadedModel) -> ChatEngine:
     """The in-process engine, or the client of an inference server when ``engine_url`` is set."""
     if settings.engine_url:
         return RemoteEngine(
