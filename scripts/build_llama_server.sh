@@ -14,6 +14,14 @@ set -euo pipefail
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 CACHE="${CHAT_LLAMA_CACHE:-${HOME:-/tmp}/.cache/team-chat/llama-server}"
 BIN="$CACHE/bin/llama-server"
+# A portable build (AVX2/FMA/F16C, no -march=native): a native build on a CPU that lists AMX
+# died with SIGILL at its first matrix product inside a VM that does not grant AMX, and CI may
+# run on another CPU than the one that built the cache. The stamp marks a portable build; a
+# binary without it (an older native build) is rebuilt.
+STAMP="$CACHE/bin/.portable-avx2"
+if [ -x "$BIN" ] && [ ! -f "$STAMP" ]; then
+  rm -f "$BIN"
+fi
 PYTHON="${PYTHON:-python3}"
 JOBS="${LLAMA_BUILD_JOBS:-2}"
 
@@ -44,11 +52,14 @@ SRC="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
 
 cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release \
   -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-  -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF >"$WORK/cmake.log"
+  -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF \
+  -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+  -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF >"$WORK/cmake.log"
 cmake --build "$WORK/build" --target llama-server -j"$JOBS" >"$WORK/build.log"
 
 mkdir -p "$CACHE/bin"
 cp "$WORK/build/bin/llama-server" "$BIN.tmp"
 mv "$BIN.tmp" "$BIN"
+touch "$STAMP"
 rm -rf "$WORK"
 echo "$BIN"
