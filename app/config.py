@@ -54,6 +54,9 @@ class Settings:
     signup_limit: int = 5  # accounts per client address per 10 minutes (open sign-up)
     threads: int = 0
     fast_kernels: bool = True
+    # the embedded engine in a process of its own, so the page's work cannot hold the model back
+    # through the interpreter lock (False: a thread of the web process, as before issue 24)
+    engine_process: bool = True
     kv_cache_mb: float = 2048.0
     prefill_chunk: int = 64
     kv_reserve_tokens: int = 4096
@@ -92,7 +95,8 @@ class Settings:
             signup=signup,
             signup_limit=_int(env, "CHAT_SIGNUP_LIMIT", 5),
             threads=_int(env, "CHAT_THREADS", 0),
-            fast_kernels=(env.get("CHAT_FAST_KERNELS") or "1").strip().lower() not in {"0", "false", "no", "off"},
+            fast_kernels=_flag(env, "CHAT_FAST_KERNELS", True),
+            engine_process=_flag(env, "CHAT_ENGINE_PROCESS", True),
             kv_cache_mb=_float(env, "CHAT_KV_CACHE_MB", 2048.0),
             prefill_chunk=_int(env, "CHAT_PREFILL_CHUNK", 64),
             kv_reserve_tokens=_int(env, "CHAT_KV_RESERVE_TOKENS", 4096),
@@ -103,6 +107,14 @@ class Settings:
             engine_wait_seconds=_float(env, "CHAT_ENGINE_WAIT_SECONDS", 30.0),
             engine_timeout=_float(env, "CHAT_ENGINE_TIMEOUT", 120.0),
         )
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """An on/off setting: 0, false, no and off turn it off; anything else set turns it on."""
+    value = (env.get(name) or "").strip().lower()
+    if not value:
+        return default
+    return value not in {"0", "false", "no", "off"}
 
 
 def sqlite_url(path: Path) -> str:

@@ -56,6 +56,7 @@ from app.engine.contract import (
     InvalidPrompt,
     PromptTooLong,
     checked_prompt,
+    embedded_engine_report,
 )
 from app.engine.kv_cache import SlotKVCache
 from app.engine.loading import LoadedModel
@@ -198,25 +199,7 @@ class Engine(WorkerLoopMixin, BatchRowsMixin, ReplyOutputMixin, ChatEngine):
     async def health_report(self) -> EngineHealth:
         """Healthy while the worker thread lives; ``/healthz`` shows its load and the prefix cache's use."""
         stats = self.stats()
-        cache = stats.prefix_cache
-        report = {
-            "alive": stats.alive,
-            "ready": self.ready,
-            "running": stats.running,
-            "waiting": stats.waiting,
-            "max_batch_size": stats.max_batch_size,
-            "max_queue": stats.max_queue,
-            "generated_tokens": stats.generated_tokens,
-            "prefilling": stats.prefilling,
-            "prefix_cache": {
-                "entries": cache.entries,
-                "mb_used": round(cache.bytes_used / 2**20, 1),
-                "mb_budget": round(cache.budget_bytes / 2**20, 1),
-                "hits": cache.hits,
-                "lookups": cache.lookups,
-                "reused_tokens": cache.reused_tokens,
-            },
-        }
+        report = embedded_engine_report(stats, self.ready)
         return EngineHealth(healthy=stats.alive, report=report)
 
     async def stop(self, grace_seconds: float = 0.0) -> None:

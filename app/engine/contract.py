@@ -125,6 +125,29 @@ class EngineHealth:
     report: dict[str, Any]
 
 
+def embedded_engine_report(stats: EngineStats, ready: bool) -> dict[str, Any]:
+    """What ``/healthz`` shows of an engine that runs the model on this machine (in a thread or a child)."""
+    cache = stats.prefix_cache
+    return {
+        "alive": stats.alive,
+        "ready": ready,
+        "running": stats.running,
+        "waiting": stats.waiting,
+        "max_batch_size": stats.max_batch_size,
+        "max_queue": stats.max_queue,
+        "generated_tokens": stats.generated_tokens,
+        "prefilling": stats.prefilling,
+        "prefix_cache": {
+            "entries": cache.entries,
+            "mb_used": round(cache.bytes_used / 2**20, 1),
+            "mb_budget": round(cache.budget_bytes / 2**20, 1),
+            "hits": cache.hits,
+            "lookups": cache.lookups,
+            "reused_tokens": cache.reused_tokens,
+        },
+    }
+
+
 # ------------------------------------------------------------ the contract
 
 

@@ -32,7 +32,15 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
-from app.engine.batcher import Engine, EngineStats, EngineStopped, checked_prompt
+from app.engine.batcher import Engine
+from app.engine.contract import (
+    ChatEngine,
+    EngineHealth,
+    EngineStats,
+    EngineStopped,
+    checked_prompt,
+    embedded_engine_report,
+)
 from app.engine.loading import ModelLoadError
 from app.engine.params import SamplingParams
 from app.engine.process_replies import ChildReport, ProcessRequest, ReplyTable
@@ -98,8 +106,8 @@ def engine_process_config(settings: EngineSettings) -> EngineProcessConfig:
     )
 
 
-class ProcessEngine:
-    """The generation engine in a child process; the interface of ``app.engine.Engine``."""
+class ProcessEngine(ChatEngine):
+    """The generation engine in a child process, behind the same contract as the in-thread ``Engine``."""
 
     def __init__(
         self, config: EngineProcessConfig, *,
@@ -234,10 +242,10 @@ class ProcessEngine:
             steps=steps + report.stats.steps, generated_tokens=tokens + report.stats.generated_tokens,
         )
 
-    async def health_report(self) -> tuple[dict[str, Any], bool]:
-        """What ``/healthz`` shows of the engine, and whether it is healthy (its child is up and ready)."""
+    async def health_report(self) -> EngineHealth:
+        """Healthy while a child is up and ready; ``/healthz`` also shows how often one was restarted."""
         stats = self.stats()
-        return {**health_of(stats, self.ready), "restarts": self.restarts}, stats.alive
+        return EngineHealth(stats.alive, {**embedded_engine_report(stats, self.ready), "restarts": self.restarts})
 
     # ------------------------------------------------------------ the supervisor's reader thread
 
@@ -290,25 +298,3 @@ class ProcessEngine:
             self._replies.end_all("error", PROCESS_DIED)
         return not stopping and not self._failed_to_load()
 
-
-def health_of(stats: EngineStats, ready: bool) -> dict[str, Any]:
-    """An embedded engine's part of ``/healthz``."""
-    cache = stats.prefix_cache
-    return {
-        "alive": stats.alive,
-        "ready": ready,
-        "running": stats.running,
-        "waiting": stats.waiting,
-        "max_batch_size": stats.max_batch_size,
-        "max_queue": stats.max_queue,
-        "generated_tokens": stats.generated_tokens,
-        "prefilling": stats.prefilling,
-        "prefix_cache": {
-            "entries": cache.entries,
-            "mb_used": round(cache.bytes_used / 2**20, 1),
-            "mb_budget": round(cache.budget_bytes / 2**20, 1),
-            "hits": cache.hits,
-            "lookups": cache.lookups,
-            "reused_tokens": cache.reused_tokens,
-        },
-    }

@@ -33,6 +33,7 @@ from app.accounts.sessions import DatabaseUnavailable, SessionManager
 from app.config import Settings
 from app.engine import ChatEngine, Engine, LoadedModel, ModelLoadError, PromptFormat, load_model
 from app.engine.fast_linear import pack_linear_layers
+from app.engine.process_engine import ProcessEngine, engine_process_config
 from app.engine.remote import RemoteEngine
 from app.engine.remote_errors import RemoteEngineError
 from app.engine.remote_model import load_tokenizer_only
@@ -99,8 +100,9 @@ def password_box(password: str) -> str:
     return "\n".join(["", edge, *rows, edge, ""])
 
 
-def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
-    """The ASGI app; ``loaded`` is the model, already loaded (see ``serve``)."""
+def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | None = None) -> FastAPI:
+    """The ASGI app; ``loaded`` is the model (or its tokenizer), already loaded, and ``engine``
+    the engine when ``serve`` started it before uvicorn (built here otherwise)."""
     holder = ServiceHolder()
     resources = ServerResources()
 
@@ -118,18 +120,18 @@ def create_app(settings: Settings, loaded: LoadedModel) -> FastAPI:
                 log.warning("%d replies from the last run wait for the database", journal.backlog)
         replayer = asyncio.create_task(journal.keep_replaying(repository), name="journal-replay")
         resources.first_admin_password = await ensure_first_admin(repository)
-        engine = build_engine(settings, loaded)
-        engine.start()
-        await engine.wait_ready()
+        chat_engine = engine or build_engine(settings, loaded)
+        chat_engine.start()
+        await chat_engine.wait_ready()
         sessions = SessionManager(repository)
         await sessions.prune()
-        resources.database, resources.engine = database, engine
+        resources.database, resources.engine = database, chat_engine
         resources.sessions, resources.journal = sessions, journal
         export_dir = settings.data_dir / "exports-tmp"
         export_dir.mkdir(parents=True, exist_ok=True)
         holder.service = ChatService(
             repository,
-            engine,
+            chat_engine,
             PromptFormat(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length),
             loaded.name,
             max_input_chars=settings.max_input_chars,
@@ -281,7 +283,8 @@ class DrainingServer(uvicorn.Server):
 
 
 def build_engine(settings: Settings, loaded: LoadedModel) -> ChatEngine:
-    """The in-process engine, or the client of an inference server when ``engine_url`` is set."""
+    """The client of an inference server when ``engine_url`` is set; else the embedded engine, in a
+    process of its own (``engine_process``, which loads the model itself) or in a thread here."""
     if settings.engine_url:
         return RemoteEngine(
             loaded,
@@ -292,6 +295,8 @@ def build_engine(settings: Settings, loaded: LoadedModel) -> ChatEngine:
             served_model=settings.engine_model or None,
             read_timeout=settings.engine_timeout,
         )
+    if settings.engine_process:
+        return ProcessEngine(engine_process_config(settings))
     return Engine(
         loaded,
         max_batch_size=settings.max_batch_size,
@@ -318,13 +323,34 @@ def load_for_remote(settings: Settings) -> tuple[LoadedModel, Settings]:
     return loaded, settings
 
 
+def start_engine_process(settings: Settings) -> tuple[LoadedModel, ProcessEngine]:
+    """The tokenizer here and the model in the generation process, loaded side by side.
+
+    Waits until the child has warmed up, so a bad ``--model`` still ends the start with
+    one line before uvicorn listens. The tokenizer side comes first: for the default
+    model it converts the GGUF into the cache the child then loads from.
+    """
+    loaded = load_tokenizer_only(settings.model, settings.cache_dir)
+    engine = ProcessEngine(engine_process_config(settings))
+    engine.start()
+    try:
+        engine.wait_ready_blocking()
+    except ModelLoadError:
+        asyncio.run(engine.stop())
+        raise
+    return loaded, engine
+
+
 def serve(settings: Settings) -> int:
     """``python -m app serve``: load the model (or check the inference server), then run uvicorn until Ctrl-C."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.getLogger().setLevel(logging.INFO)
+    engine: ChatEngine | None = None
     try:
         if settings.engine_url:
             loaded, settings = load_for_remote(settings)
+        elif settings.engine_process:
+            loaded, engine = start_engine_process(settings)
         else:
             loaded = load_model(settings.model, settings.cache_dir, settings.threads)
     except (ModelLoadError, RemoteEngineError) as error:
@@ -333,7 +359,7 @@ def serve(settings: Settings) -> int:
     if settings.fast_kernels and loaded.model is not None:
         packed = pack_linear_layers(loaded.model)
         log.info("%d linear layers on prepacked oneDNN kernels", packed)
-    app = create_app(settings, loaded)
+    app = create_app(settings, loaded, engine)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10
     )
