@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from typing import Any, Literal
 
 from app.engine import (
-    Engine,
+    ChatEngine,
     EngineBusy,
     EngineStopped,
     GenerationStream,
@@ -60,7 +60,7 @@ def engine_refusal(action: Action, error: PromptTooLong | EngineBusy | EngineSto
     return Busy(f"The model is busy right now ({error}). {BUSY_NEXT_STEP[action]}")
 
 
-def check_capacity(engine: Engine) -> None:
+def check_capacity(engine: ChatEngine) -> None:
     """Refuse before anything is stored or counted against the rate when the engine cannot take more."""
     stats = engine.stats()
     if not stats.accepting:

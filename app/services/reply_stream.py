@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from app.engine import Engine, SamplingParams
+from app.engine import ChatEngine, SamplingParams
 from app.services.errors import ChatError
 from app.services.events import ChatEvent
 from app.services.persist import LiveReply, ReplyStore
@@ -25,7 +25,7 @@ QUEUE_REPORT_SECONDS = 0.5
 class LiveReplies:
     """The replies under way, by conversation id, and the count of those not yet stored."""
 
-    def __init__(self, engine: Engine, store: ReplyStore) -> None:
+    def __init__(self, engine: ChatEngine, store: ReplyStore) -> None:
         self.engine = engine
         self.store = store
         self._live: dict[str, LiveReply] = {}

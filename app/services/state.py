@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from app.engine import Engine, PromptFormat
+from app.engine import ChatEngine, PromptFormat
 from app.services.errors import CANNOT_READ, ChatError, database_faults
 from app.services.limits import SearchGate
 from app.services.persist import ReplyStore
@@ -27,7 +27,7 @@ class ServiceState:
     def __init__(
         self,
         repository: Repository,
-        engine: Engine,
+        engine: ChatEngine,
         prompt_format: PromptFormat,
         model_name: str,
         *,
