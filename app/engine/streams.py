@@ -71,6 +71,23 @@ class GenerationStream:
             raise StopAsyncIteration
         return item
 
+    def ready_text(self) -> str:
+        """The deltas already waiting, joined, without waiting for more.
+
+        Lets a reader turn a burst of deltas into one page frame: each frame costs the
+        web server's event loop far more than a delta does. Stops at the result (kept
+        in ``result``, so iteration then ends as usual).
+        """
+        parts: list[str] = []
+        events = self._request.events
+        while self.result is None and not events.empty():
+            item = events.get_nowait()
+            if isinstance(item, GenerationResult):
+                self.result = item
+            else:
+                parts.append(item)
+        return "".join(parts)
+
     async def final(self) -> GenerationResult:
         """Drain the remaining deltas and return the result."""
         async for _ in self:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from app.engine import ChatEngine, SamplingParams
 from app.services.errors import ChatError
@@ -20,6 +21,8 @@ from app.services.rules import valid_text
 from storage.repository import ConversationRecord, MessageRecord
 
 QUEUE_REPORT_SECONDS = 0.5
+# the shortest time between two text events of one reply (tokens in between are joined)
+FRAME_INTERVAL_SECONDS = 0.05
 
 
 class LiveReplies:
@@ -104,13 +107,23 @@ class LiveReplies:
         if not self._active:
             self._none_active.set()
 
+    @staticmethod
+    async def _stopped_within(stopping: asyncio.Future[Any], seconds: float) -> bool:
+        done, _ = await asyncio.wait({stopping}, timeout=seconds)
+        return bool(done)
+
     async def _events(self, reply: LiveReply) -> AsyncIterator[ChatEvent]:
         """Stream text events; while queued, report the queue position every half second.
 
+        At most one text event per ``FRAME_INTERVAL_SECONDS``: the deltas of a burst are
+        joined, since every event becomes a page frame whose cost on the event loop is
+        what starved the model when many replies streamed (issue 24).
         A Stop ends the events at once (not at the engine's next step), so nothing
         more is shown after the click.
         """
         conversation_id = reply.conversation_id
+        loop = asyncio.get_running_loop()
+        last_frame = -FRAME_INTERVAL_SECONDS
         iterator = reply.stream.__aiter__()
         next_delta: asyncio.Task[str] | None = None
         stopping = asyncio.ensure_future(reply.stop_requested.wait())
@@ -136,7 +149,15 @@ class LiveReplies:
                     return
                 finally:
                     next_delta = None
-                reply.text += valid_text(delta)
+                reply.text += valid_text(delta + reply.stream.ready_text())
+                hold = last_frame + FRAME_INTERVAL_SECONDS - loop.time()
+                if hold > 0:
+                    # deltas that arrive meanwhile join this frame; a Stop still ends it at once
+                    if await self._stopped_within(stopping, hold):
+                        yield ChatEvent("stopped", conversation_id, text=reply.text)
+                        return
+                    reply.text += valid_text(reply.stream.ready_text())
+                last_frame = loop.time()
                 yield ChatEvent("text", conversation_id, text=reply.text)
         finally:
             stopping.cancel()
