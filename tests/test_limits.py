@@ -1,5 +1,10 @@
-"""The limits a tester meets are the configured ones, not Gradio's defaults.
+"""The limits a tester meets: the shared limiter itself, and the server's configured queue.
 
+The limiter (app/services/limits.py) first, with an injected clock instead of sleeps:
+every per-key table stays within its cap however many keys a client invents, and a
+moving window refuses, says how long to wait, and lets the key in again after that.
+
+Then the queue is the configured one, not Gradio's default.
 Fifty testers send at once to a one-slot engine while one long reply holds the
 slot: with a queue of 100 every message is stored and reaches the engine (nobody
 hears "busy"), while the page still loads and chats still open at once; with a
@@ -8,6 +13,7 @@ queue of 5, the five extra testers beyond it are told "busy" and keep their text
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +23,140 @@ import httpx
 import pytest
 from gradio_client import Client
 
+from app.accounts.login_guard import LoginGuard
+from app.services.errors import RateLimited
+from app.services.limits import SEARCHES_PER_WINDOW, BoundedTable, MovingWindow, SearchGate, Slots
+from app.web.auth_routes import SignupLimiter
+from app.web.export_route import ExportGate, ExportRefused
 from tests.support import ServerProcess, build_tiny_llama, running_server
 from tests.test_server import PASSWORD, bubble_texts
 
 TESTERS = 50
+
+
+class Clock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bounded_table_never_exceeds_its_cap_and_forgets_the_least_recent_first():
+    table: BoundedTable[str, int] = BoundedTable(capacity=1_000)
+    for index in range(100_000):  # keys a client invents, one after another
+        table.get_or_add(f"key{index}", lambda index=index: index)
+        assert len(table) <= 1_000
+    assert len(table) == 1_000 and "key99999" in table and "key98999" not in table
+
+    table.get("key99000")  # looking does not keep a key
+    table.get_or_add("key99001", lambda: -1)  # using it does (and keeps its value)
+    assert table.get("key99001") == 99001
+    table.put("new", 0)
+    assert "key99000" not in table and "key99001" in table and len(table) == 1_000
+
+
+def test_a_moving_window_refuses_says_how_long_to_wait_and_lets_in_again():
+    clock = Clock()
+    window = MovingWindow(3, 10.0, clock=clock)
+    for _ in range(3):
+        assert window.allow("alice")
+        clock.now += 4  # events at 0, 4, 8
+    clock.now -= 3  # 9 s after the first
+    assert not window.allow("alice") and window.retry_after("alice") == 1
+    assert window.allow("bob")  # another key is not affected
+    clock.now += 0.5
+    assert window.retry_after("alice") == 1  # whole seconds, rounded up
+    clock.now += 0.5  # the first event is exactly 10 s old: no longer counted
+    assert window.retry_after("alice") == 0 and window.allow("alice")
+    assert window.retry_after("alice") == 4  # moving: the event at 4 s leaves next
+    clock.now += 60
+    assert window.retry_after("alice") == 0
+
+
+def test_a_moving_window_keeps_at_most_its_capacity_of_keys():
+    clock = Clock()
+    window = MovingWindow(5, 600.0, capacity=500, clock=clock)
+    for index in range(100_000):
+        assert window.allow(f"10.{index // 65536}.{index // 256 % 256}.{index % 256}")
+    assert window.tracked_keys() == 500
+
+
+async def test_a_search_gate_and_a_login_guard_keep_their_tables_bounded():
+    clock = Clock()
+    guard = LoginGuard(clock=clock, capacity=300)
+    for index in range(100_000):
+        guard.failed(f"name{index}", f"address{index}")
+    assert guard.tracked_keys() <= 600
+
+    gate = SearchGate(capacity=300, clock=clock)  # its per-user tables had no cap before
+    for index in range(20_000):
+        async with gate.turn(f"user{index}"):
+            pass
+    assert gate.tracked_keys() <= 600
+
+
+async def test_searches_recover_when_the_window_moves_on():
+    clock = Clock()
+    gate = SearchGate(clock=clock)
+    for _ in range(SEARCHES_PER_WINDOW):
+        async with gate.turn("alice"):
+            pass
+    with pytest.raises(RateLimited, match="Too many searches"):
+        async with gate.turn("alice"):
+            pass
+    clock.now += 10.0
+    async with gate.turn("alice"):
+        pass
+
+
+async def test_exports_and_sign_ups_say_when_to_come_back():
+    clock = Clock()
+    gate = ExportGate(limit=2, window=60.0, clock=clock)
+    for _ in range(2):
+        async with gate.turn("alice"):
+            clock.now += 10
+    with pytest.raises(ExportRefused, match="try again in 40 seconds") as refused:
+        async with gate.turn("alice"):
+            pass
+    assert refused.value.retry_after == 40
+    clock.now += 40
+    async with gate.turn("alice"):
+        pass
+
+    signups = SignupLimiter(limit=1, window=600.0, clock=clock)
+    assert signups.retry_after("10.0.0.1") == 0
+    signups.hit("10.0.0.1")
+    clock.now += 0.25
+    assert signups.retry_after("10.0.0.1") == 600  # 599.75 s: rounded up for Retry-After
+    clock.now += 600
+    assert signups.retry_after("10.0.0.1") == 0
+
+
+async def test_slots_refuse_beyond_their_line_and_after_their_longest_wait():
+    async def hold(slots: Slots, release: asyncio.Event) -> None:
+        async with slots.turn(RuntimeError("no turn")):
+            await release.wait()
+
+    line, release = Slots(1, max_waiting=1), asyncio.Event()
+    holder, waiter = asyncio.create_task(hold(line, release)), asyncio.create_task(hold(line, release))
+    await asyncio.sleep(0.01)
+    with pytest.raises(RuntimeError, match="no turn"):  # a second waiter is refused at once
+        await hold(line, release)
+    release.set()
+    await asyncio.gather(holder, waiter)
+    assert line.waiting == 0
+
+    slot, release = Slots(1, wait_seconds=0.05), asyncio.Event()
+    holder = asyncio.create_task(hold(slot, release))
+    await asyncio.sleep(0.01)
+    with pytest.raises(RuntimeError, match="no turn"):  # waited its longest
+        await hold(slot, release)
+    release.set()
+    await holder
+    await hold(slot, release)  # free again
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,12 @@ themselves, and alice logging in from hers is unaffected. Each key earns a few f
 failures, then must wait a delay that doubles with every further failure (capped).
 Guessing across many names from one address is slowed by the per-address count.
 
-Memory is bounded: both tables are LRU maps with a fixed number of entries, and
-names are refused before any work when longer than a username can be. At most
-``MAX_CONCURRENT_HASHES`` scrypt computations run at once (each costs ~50 ms of CPU
-and 16 MB on purpose), and at most ``MAX_WAITING_HASHES`` wait for a turn; a login
-flood therefore gets "busy" answers instead of starving the model's threads.
+Memory is bounded: both tables are LRU maps of at most ``MAX_TRACKED_KEYS`` keys each
+(the shared ``BoundedTable`` of app/services/limits.py), and names are refused before
+any work when longer than a username can be. At most ``MAX_CONCURRENT_HASHES`` scrypt
+computations run at once (each costs ~50 ms of CPU and 16 MB on purpose), and at most
+``MAX_WAITING_HASHES`` wait for a turn; a login flood therefore gets "busy" answers
+instead of starving the model's threads.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from app.services.limits import MAX_TRACKED_KEYS, BoundedTable, Slots
 
 FREE_FAILURES_PER_PAIR = 5
 FREE_FAILURES_PER_ADDRESS = 20
 FIRST_DELAY_SECONDS = 2.0
 MAX_DELAY_SECONDS = 300.0
 FORGET_AFTER_SECONDS = 3600.0
-MAX_TRACKED_KEYS = 10_000
 MAX_CONCURRENT_HASHES = 1
 MAX_WAITING_HASHES = 16
 
@@ -50,19 +51,18 @@ class _Failures:
     last: float = 0.0
 
 
-class _BoundedCounter:
-    """Failure counts per key in an LRU map of at most ``capacity`` entries."""
+class _FailureCounts:
+    """Failure counts per key (a table of at most ``capacity`` keys) and the delay each has earned."""
 
     def __init__(self, capacity: int, free: int, clock: Callable[[], float]) -> None:
-        self.capacity = capacity
         self.free = free
         self.clock = clock
-        self.entries: OrderedDict[object, _Failures] = OrderedDict()
+        self.entries: BoundedTable[object, _Failures] = BoundedTable(capacity)
 
     def _get(self, key: object) -> _Failures | None:
         entry = self.entries.get(key)
         if entry is not None and self.clock() - entry.last > FORGET_AFTER_SECONDS:
-            del self.entries[key]
+            self.entries.pop(key)
             return None
         return entry
 
@@ -78,23 +78,19 @@ class _BoundedCounter:
         entry = self._get(key) or _Failures()
         entry.count += 1
         entry.last = self.clock()
-        self.entries[key] = entry
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.capacity:
-            self.entries.popitem(last=False)
+        self.entries.put(key, entry)
 
     def forget(self, key: object) -> None:
-        self.entries.pop(key, None)
+        self.entries.pop(key)
 
 
 class LoginGuard:
     """Decides whether a login attempt may be checked, and runs the checks' hashing."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, capacity: int = MAX_TRACKED_KEYS) -> None:
-        self.per_address = _BoundedCounter(capacity, FREE_FAILURES_PER_ADDRESS, clock)
-        self.per_pair = _BoundedCounter(capacity, FREE_FAILURES_PER_PAIR, clock)
-        self._hashing = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
-        self._waiting = 0
+        self.per_address = _FailureCounts(capacity, FREE_FAILURES_PER_ADDRESS, clock)
+        self.per_pair = _FailureCounts(capacity, FREE_FAILURES_PER_PAIR, clock)
+        self._hashing = Slots(MAX_CONCURRENT_HASHES, max_waiting=MAX_WAITING_HASHES)
 
     def tracked_keys(self) -> int:
         return len(self.per_address.entries) + len(self.per_pair.entries)
@@ -120,14 +116,5 @@ class LoginGuard:
 
     async def hash_in_turn(self, function: Callable[..., object], *args: object) -> object:
         """Run a password hash in a thread, at most ``MAX_CONCURRENT_HASHES`` at a time."""
-        if self._hashing.locked() and self._waiting >= MAX_WAITING_HASHES:
-            raise HashingBusy("Too many logins at once right now; try again in a few seconds.")
-        self._waiting += 1
-        try:
-            await self._hashing.acquire()
-        finally:
-            self._waiting -= 1
-        try:
+        async with self._hashing.turn(HashingBusy("Too many logins at once right now; try again in a few seconds.")):
             return await asyncio.to_thread(function, *args)
-        finally:
-            self._hashing.release()

@@ -18,7 +18,6 @@ import html
 import logging
 import math
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
@@ -35,6 +34,7 @@ from app.accounts.passwords import (
     verify_password,
 )
 from app.accounts.sessions import CurrentLogin, DatabaseUnavailable, SessionManager
+from app.services.limits import MovingWindow
 from storage.errors import Conflict, InvalidInput, NotFound, StorageUnavailable
 from storage.models import USERNAME_MAX
 from storage.repository import Repository, UserRecord
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 MAX_FORM_BYTES = 8192
 SIGNUPS_PER_WINDOW = 5
 SIGNUP_WINDOW_SECONDS = 600.0
-MAX_TRACKED_ADDRESSES = 10_000
 CROSS_SITE = "This form can only be sent from this server's own page."
 UNAVAILABLE = "The server cannot reach its database right now; try again in a minute."
 
@@ -60,29 +59,12 @@ class FormTooLarge(Exception):
     pass
 
 
-class SignupLimiter:
-    """At most ``limit`` sign-ups per address per ``window`` seconds; memory bounded (LRU)."""
+class SignupLimiter(MovingWindow):
+    """At most ``limit`` sign-ups per address per ``window`` seconds; at most ``MAX_TRACKED_KEYS`` addresses kept."""
 
     def __init__(self, limit: int = SIGNUPS_PER_WINDOW, window: float = SIGNUP_WINDOW_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.window, self.clock = limit, window, clock
-        self.recent: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def wait_seconds(self, address: str) -> int:
-        """0 when this address may sign up now, else the seconds until it may."""
-        now = self.clock()
-        times = self.recent.get(address)
-        if times is None:
-            return 0
-        while times and now - times[0] >= self.window:
-            times.popleft()
-        return 0 if len(times) < self.limit else max(1, math.ceil(times[0] + self.window - now))
-
-    def record(self, address: str) -> None:
-        self.recent.setdefault(address, deque()).append(self.clock())
-        self.recent.move_to_end(address)
-        while len(self.recent) > MAX_TRACKED_ADDRESSES:
-            self.recent.popitem(last=False)
+        super().__init__(limit, window, clock=clock)
 
 
 def cross_site_post(request: Request) -> bool:
@@ -302,14 +284,14 @@ def build_auth_router(
         async def signup_page() -> Response:
             return page("Create an account", signup_form)
 
-        limiter = signups or SignupLimiter()
+        limiter = signups if signups is not None else SignupLimiter()
 
         @router.post("/signup", response_model=None)
         async def signup(request: Request) -> Response:
             address = request.client.host if request.client else "unknown"
             if cross_site_post(request):
                 return page("Create an account", message(CROSS_SITE) + signup_form, 403)
-            wait = limiter.wait_seconds(address)
+            wait = limiter.retry_after(address)
             if wait:
                 minutes = math.ceil(wait / 60)
                 text = (f"Too many accounts were created from your address; try again in {minutes} "
@@ -323,7 +305,7 @@ def build_auth_router(
                 check_password_strength(password, username)
                 password_hash = await guard.hash_in_turn(hash_password, password)
                 await repository().create_user(username, str(password_hash))
-                limiter.record(address)
+                limiter.hit(address)  # only accounts made count
             except FormTooLarge:
                 return page("Create an account", message("The form is too large.") + signup_form, 413)
             except (WeakPassword, InvalidInput, Conflict) as error:

@@ -11,10 +11,8 @@ deleted once sent, and throttled per user: one export at a time and at most
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import time
-from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -25,10 +23,10 @@ from starlette.background import BackgroundTask
 from app.services.chat import ChatService
 from app.services.errors import ChatError, ConversationNotFound, Unavailable
 from app.services.export_formats import MEDIA_TYPE
+from app.services.limits import MAX_TRACKED_KEYS, BoundedTable, MovingWindow, Slots
 
 EXPORTS_PER_WINDOW = 10
 EXPORT_WINDOW_SECONDS = 60.0
-MAX_TRACKED_USERS = 10_000
 FORMATS = {"json": "json", "markdown": "md", "md": "md", "jsonl": "jsonl", "preferences": "preferences"}
 ALL = "all"
 
@@ -40,34 +38,24 @@ class ExportRefused(Exception):
 
 
 class ExportGate:
-    """Per user: one export running, at most ``limit`` started per ``window`` seconds."""
+    """Per user: one export running, at most ``limit`` started per ``window`` seconds.
+
+    Both per-user tables hold at most ``MAX_TRACKED_KEYS`` users (see app/services/limits.py).
+    """
 
     def __init__(self, limit: int = EXPORTS_PER_WINDOW, window: float = EXPORT_WINDOW_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.window, self.clock = limit, window, clock
-        self.started: OrderedDict[str, deque[float]] = OrderedDict()
-        self.running: set[str] = set()
+        self.started = MovingWindow(limit, window, clock=clock)
+        self.running: BoundedTable[str, Slots] = BoundedTable(MAX_TRACKED_KEYS)
 
     @contextlib.asynccontextmanager
     async def turn(self, username: str) -> AsyncIterator[None]:
-        if username in self.running:
-            raise ExportRefused("Your previous export is still being prepared; wait for it to finish.", 5)
-        now = self.clock()
-        times = self.started.setdefault(username, deque())
-        self.started.move_to_end(username)
-        while times and now - times[0] >= self.window:
-            times.popleft()
-        if len(times) >= self.limit:
-            wait = max(1, math.ceil(times[0] + self.window - now))
-            raise ExportRefused(f"Too many exports in a short time; try again in {wait} seconds.", wait)
-        times.append(now)
-        while len(self.started) > MAX_TRACKED_USERS:
-            self.started.popitem(last=False)
-        self.running.add(username)
-        try:
+        line = self.running.get_or_add(username, lambda: Slots(1, max_waiting=0))
+        async with line.turn(ExportRefused("Your previous export is still being prepared; wait for it to finish.", 5)):
+            if not self.started.allow(username):
+                wait = self.started.retry_after(username)
+                raise ExportRefused(f"Too many exports in a short time; try again in {wait} seconds.", wait)
             yield
-        finally:
-            self.running.discard(username)
 
 
 def build_export_router(
@@ -76,7 +64,7 @@ def build_export_router(
     gate: ExportGate | None = None,
 ) -> APIRouter:
     router = APIRouter()
-    exports = gate or ExportGate()
+    exports = gate if gate is not None else ExportGate()
 
     @router.get("/export/{conversation_id}", response_model=None)
     async def export(conversation_id: str, request: Request, format: str = "json") -> Response:
