@@ -7,6 +7,7 @@ import asyncio
 from asyncio_throttle import Throttler
 
 from app.services.errors import RateLimited
+from app.services.limits import BoundedTable
 
 # how long ``acquire`` may wait before the wait counts as "over the limit"
 ADMIT_WAIT_SECONDS = 0.05
@@ -22,7 +23,8 @@ class MessageThrottle:
     def __init__(self, limit: int, period: float) -> None:
         self.limit = limit
         self.period = period
-        self._throttlers: dict[str, Throttler] = {}
+        # bounded like every per-key table: a user dropped after 10,000 others starts a fresh budget
+        self._throttlers: BoundedTable[str, Throttler] = BoundedTable()
 
     async def admit(self, username: str) -> None:
         """Refuse, rather than delay, a message over the per-user rate.
@@ -30,7 +32,7 @@ class MessageThrottle:
         asyncio-throttle's ``acquire`` returns at once while under the limit and
         otherwise waits; a short timeout turns that wait into a clear refusal.
         """
-        throttler = self._throttlers.setdefault(username, Throttler(self.limit, self.period))
+        throttler = self._throttlers.get_or_add(username, lambda: Throttler(self.limit, self.period))
         try:
             async with asyncio.timeout(ADMIT_WAIT_SECONDS):
                 await throttler.acquire()
