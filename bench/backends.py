@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.serving import Reply, ask, sign_up_all, warm_up
 from bench.throughput import TOPICS, percentile
 from tests.llama_support import LlamaServer, llama_server_binary
+from tests.page_client import stored
 from tests.support import ServerProcess, running_server
-from tests.test_server import stored
 
 
 @dataclass

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.models import MODEL_CACHE
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.config import DEFAULT_MODEL, Settings
@@ -53,8 +55,8 @@ from app.engine.params import SamplingParams
 from bench.server_cpu import CpuShares, shares, snapshot, thread_naming_env
 from bench.serving import WARM_UP_TEXT, Reply, ask, sign_up_all, warm_up
 from bench.throughput import chat_prompt, describe_machine, percentile, prompt_texts, run_engine
-from tests.support import MODEL_CACHE, ServerProcess, running_server
-from tests.test_server import stored
+from tests.page_client import stored
+from tests.support import ServerProcess, running_server
 
 # the page sends no repetition penalty, so the engine's default applies; the engine alone uses it too
 PAGE_REPETITION_PENALTY = SamplingParams().repetition_penalty

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from tests.page_client import bubble_texts
 from tests.support import ServerProcess, api_client
-from tests.test_server import bubble_texts
 
 PASSWORD = "bench-password-123"
 # the untimed first reply on a fresh server: first-request costs of every layer, not the work measured

@@ -20,6 +20,9 @@ from storage.database import Database
 from storage.repository import Repository, UserRecord
 from tests.support import POSTGRES_URL, reset_postgres
 
+# the model fixtures (tiny Llama and GPT-2, the real SmolLM2): used by every room's tests
+pytest_plugins = ["tests.engine_fixtures"]
+
 TEST_PASSWORD = "test-password"
 
 BACKENDS = [

@@ -1,8 +1,5 @@
-"""Fixtures for the engine tests, loaded as a plugin by each ``tests/test_engine_*.py``:
-
-    pytest_plugins = ["tests.engine_fixtures"]
-
-so they stay out of the shared ``conftest.py``. Models are built once per session in
+"""The model fixtures, loaded once as a plugin by ``tests/conftest.py`` (engine, services and
+page tests all use them; a fixture costs nothing until a test asks for it). Models are built once per session in
 temporary folders and loaded through ``app.engine.loading.load_model``; SmolLM2 comes
 from the model cache (``CHAT_TEST_CACHE_DIR``, default ``data/model-cache``).
 """
@@ -17,7 +14,7 @@ import pytest
 
 from app.engine import LoadedModel, load_model
 from app.engine.fast_linear import pack_linear_layers
-from tests.engine_support import CACHE_DIR, build_tiny_gpt2, build_tiny_llama, smollm2_folder
+from tests.models import CACHE_DIR, build_tiny_gpt2, build_tiny_llama, smollm2_folder
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,10 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.models import MODEL_CACHE
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-MODEL_CACHE = Path(os.environ.get("CHAT_TEST_CACHE_DIR") or ROOT / "data" / "model-cache")
 POSTGRES_URL = os.environ.get("CHAT_TEST_POSTGRES_URL") or None
 
 
@@ -35,49 +36,6 @@ async def reset_postgres(url: str) -> None:
             await connection.execute(text("CREATE SCHEMA public"))
     finally:
         await engine.dispose()
-
-
-def smollm2_folder() -> Path:
-    """The converted default model (converted once per machine, shared with `make run`)."""
-    from app.engine.loading import DEFAULT_MODEL_NAME, resolve_model_source
-
-    resolve_model_source("smollm2", MODEL_CACHE)
-    return MODEL_CACHE / DEFAULT_MODEL_NAME
-
-
-def build_tiny_llama(target: Path, *, max_positions: int = 2048, seed: int = 0) -> Path:
-    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    if (target / "config.json").exists():
-        return target
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder())
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=max_positions,
-        initializer_range=0.2,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
-
-
-DIALOG_TEXT = """hello there how are you today i am fine thank you and you
-what is your name my name is bot nice to meet you the weather is nice today
-do you like music yes i like music a lot what about you i like books and films
-good morning good night see you later bye for now have a nice day"""
 
 
 def free_port() -> int:

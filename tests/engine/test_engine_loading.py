@@ -10,9 +10,8 @@ import torch
 
 from app.engine import ModelLoadError, load_model
 from app.engine.loading import CACHE_COMPLETE_MARKER, DEFAULT_MODEL_NAME, default_gguf_path, resolve_model_source
-from tests.engine_support import CACHE_DIR, TINY_CONTEXT, chat_prompt, reference_generate, smollm2_folder
-
-pytest_plugins = ["tests.engine_fixtures"]
+from tests.engine_support import chat_prompt, reference_generate
+from tests.models import CACHE_DIR, TINY_CONTEXT, smollm2_folder
 
 
 def test_cached_smollm2_loads_with_what_the_engine_needs(smollm2):

@@ -23,14 +23,16 @@ from app.engine import (
     SamplingParams,
     load_model,
 )
-from tests.support import MODEL_CACHE, PYTHON, ROOT, build_tiny_llama
+from tests.models import MODEL_CACHE, SERVER_CONTEXT, build_tiny_llama
+from tests.support import PYTHON, ROOT
 
 GREEDY = dict(temperature=0.0, repetition_penalty=1.0)
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    return load_model(str(build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))), MODEL_CACHE)
+    folder = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), max_positions=SERVER_CONTEXT)
+    return load_model(str(folder), MODEL_CACHE)
 
 
 async def started(loaded, **kwargs) -> Engine:
@@ -120,7 +122,7 @@ MAGIC = 4242
 
 
 async def test_a_failing_batch_fails_only_its_requests(tmp_path):
-    loaded = load_model(str(build_tiny_llama(tmp_path / "faulty", seed=1)), MODEL_CACHE)
+    loaded = load_model(str(build_tiny_llama(tmp_path / "faulty", seed=1, max_positions=SERVER_CONTEXT)), MODEL_CACHE)
     fail_decode = threading.Event()
     threads = set()
 
@@ -166,7 +168,7 @@ async def test_shutdown_cancels_in_flight_work_and_refuses_new(tiny):
 
 
 def test_benchmark_script_prints_its_ratio(tmp_path):
-    model = build_tiny_llama(tmp_path / "bench-model")
+    model = build_tiny_llama(tmp_path / "bench-model", max_positions=SERVER_CONTEXT)
     result = subprocess.run(
         [PYTHON, "bench/throughput.py", "--model", str(model), "--requests", "4", "--new-tokens", "8"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,

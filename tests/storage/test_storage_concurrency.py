@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from storage.database import Database, is_sqlite
 from storage.repository import NewMessage, Repository
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 
 

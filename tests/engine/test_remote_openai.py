@@ -18,10 +18,11 @@ from app.engine import SamplingParams
 from app.engine.remote import RemoteEngine, probe_server
 from app.engine.remote_model import load_tokenizer_only
 from tests.browser import wait_for
+from tests.engine.test_remote_engine import LONG_REPLY, slots_busy
 from tests.llama_support import LlamaServer, llama_server_binary
-from tests.support import MODEL_CACHE, add_user, running_server
-from tests.test_remote_engine import LONG_REPLY, slots_busy
-from tests.test_server import client_for, send, stored
+from tests.models import MODEL_CACHE
+from tests.page_client import client_for, send, stored
+from tests.support import add_user, running_server
 from tests.vllm_dialect import VllmDialectFront
 
 GREEDY_AS_THE_PAGE = SamplingParams(temperature=0.0, top_p=0.9, top_k=50, repetition_penalty=1.1, max_new_tokens=32)

@@ -17,7 +17,6 @@ import torch
 from app.engine import GenerationResult, LoadedModel, Turn
 from app.engine.prefix_cache import MIN_TOKENS_TO_KEEP, PrefixCache
 from tests.engine_support import (
-    TINY_CONTEXT,
     gate_on,
     generate,
     greedy,
@@ -27,8 +26,7 @@ from tests.engine_support import (
     wait_until,
     within,
 )
-
-pytest_plugins = ["tests.engine_fixtures"]
+from tests.models import TINY_CONTEXT
 
 SYSTEM = "You are a careful assistant for a team of testers. Answer briefly and say when you are unsure. " * 2
 

@@ -13,8 +13,8 @@ from gradio_client import Client
 from storage.database import Database
 from storage.repository import Repository
 from tests.llama_support import LlamaServer, llama_server_binary
+from tests.page_client import bubble_texts, send
 from tests.support import POSTGRES_URL, PYTHON, ROOT, ServerProcess, login_cookies, reset_postgres
-from tests.test_server import bubble_texts, send
 
 pytestmark = pytest.mark.skipif(
     POSTGRES_URL is None, reason="CHAT_TEST_POSTGRES_URL is not set: replicas share PostgreSQL"

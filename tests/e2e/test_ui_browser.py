@@ -45,15 +45,8 @@ from tests.browser import (
     wait_until_loaded,
     wait_until_settled,
 )
-from tests.support import (
-    PYTHON,
-    ROOT,
-    add_user,
-    build_tiny_llama,
-    login_cookies,
-    read_stored,
-    running_server,
-)
+from tests.models import SERVER_CONTEXT, build_tiny_llama
+from tests.support import PYTHON, ROOT, add_user, login_cookies, read_stored, running_server
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed (apt-get install chromium)")
 
@@ -64,7 +57,7 @@ USERS = ("tester", "keys", "themes", "stopper", "switcher", "searcher", "rendere
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model = build_tiny_llama(tmp_path_factory.mktemp("browser-model"))
+    model = build_tiny_llama(tmp_path_factory.mktemp("browser-model"), max_positions=SERVER_CONTEXT)
     data = tmp_path_factory.mktemp("browser-data")
     with running_server(data, str(model), CHAT_MAX_NEW_TOKENS="400", CHAT_RATE_LIMIT="100") as process:
         for name in USERS:
@@ -717,7 +710,7 @@ def test_a_page_left_open_across_a_restart_goes_on_with_its_chat(tmp_path, pages
 
     data = tmp_path / "data"
     data.mkdir()
-    process = ServerProcess(data, str(build_tiny_llama(tmp_path / "model")),
+    process = ServerProcess(data, str(build_tiny_llama(tmp_path / "model", max_positions=SERVER_CONTEXT)),
                             {"CHAT_ADMIN_PASSWORD": "admin-password", "CHAT_MAX_NEW_TOKENS": "8"}).start()
     try:
         add_user(data, "stayer", PASSWORD)
@@ -745,7 +738,7 @@ def test_ctrl_c_with_pages_open_is_quick_and_quiet(tmp_path, pages):
     from app.web.server import SHUTDOWN_GRACE_SECONDS
     from tests.support import ServerProcess
 
-    model = build_tiny_llama(tmp_path / "model")
+    model = build_tiny_llama(tmp_path / "model", max_positions=SERVER_CONTEXT)
     for busy in (False, True):
         data = tmp_path / f"data-{busy}"
         data.mkdir()

@@ -14,8 +14,6 @@ from app.engine import LoadedModel, SamplingParams
 from app.engine.detokenize import IncrementalDecoder
 from tests.engine_support import chat_prompt, collect, decode, generate, greedy, prompt_format, running_engine
 
-pytest_plugins = ["tests.engine_fixtures"]
-
 HARD_TEXT = "Héllo  wörld, naïve café 🙂👍🏽👨‍👩‍👧 日本語のテキスト 中文 한국어 — “quotes”   and\ttabs\n\nend."
 FFFD = "\ufffd"
 

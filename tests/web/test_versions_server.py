@@ -18,24 +18,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import (
-    PYTHON,
-    ROOT,
-    add_user,
-    api_client,
-    build_tiny_llama,
-    login_cookies,
-    read_stored,
-    running_server,
-    smollm2_folder,
-)
+from tests.models import SERVER_CONTEXT, build_tiny_llama, smollm2_folder
+from tests.support import PYTHON, ROOT, add_user, api_client, login_cookies, read_stored, running_server
 
 PASSWORD = "versions-password"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model = build_tiny_llama(tmp_path_factory.mktemp("versions-model"))
+    model = build_tiny_llama(tmp_path_factory.mktemp("versions-model"), max_positions=SERVER_CONTEXT)
     data = tmp_path_factory.mktemp("versions-data")
     with running_server(data, str(model), CHAT_RATE_LIMIT="200") as process:
         for name in ("alice", "bob", "carol"):

@@ -28,8 +28,9 @@ from app.services.errors import RateLimited
 from app.services.limits import SEARCHES_PER_WINDOW, BoundedTable, MovingWindow, SearchGate, Slots
 from app.web.auth_routes import SignupLimiter
 from app.web.export_route import ExportGate, ExportRefused
-from tests.support import ServerProcess, build_tiny_llama, running_server
-from tests.test_server import PASSWORD, bubble_texts
+from tests.models import SERVER_CONTEXT, build_tiny_llama
+from tests.page_client import PASSWORD, bubble_texts
+from tests.support import ServerProcess, running_server
 
 TESTERS = 50
 
@@ -161,7 +162,7 @@ async def test_slots_refuse_beyond_their_line_and_after_their_longest_wait():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
-    return str(build_tiny_llama(tmp_path_factory.mktemp("limits-model")))
+    return str(build_tiny_llama(tmp_path_factory.mktemp("limits-model"), max_positions=SERVER_CONTEXT))
 
 
 def join_all(server: ServerProcess, names: list[str]) -> dict[str, Client]:

@@ -6,8 +6,6 @@ import pytest
 
 from app.engine import PromptFormat, PromptTooLong, Turn
 
-pytest_plugins = ["tests.engine_fixtures"]
-
 SYSTEM = "You answer in one short sentence."
 EXCHANGES = [
     ("Hi there!", "Hello! How can I help you today?"),

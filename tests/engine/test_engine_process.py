@@ -24,20 +24,9 @@ import pytest
 from app.engine import EngineBusy, EngineStopped, InvalidPrompt, LoadedModel, ModelLoadError, PromptTooLong
 from app.engine.process_engine import ProcessEngine
 from app.engine.process_wire import PROCESS_DIED, EngineProcessConfig
-from tests.engine_support import (
-    CACHE_DIR,
-    ROOT,
-    WAIT,
-    chat_prompt,
-    collect,
-    generate,
-    greedy,
-    running_engine,
-    wait_until,
-    within,
-)
-
-pytest_plugins = ["tests.engine_fixtures"]
+from tests.engine_support import WAIT, chat_prompt, collect, generate, greedy, running_engine, wait_until, within
+from tests.models import CACHE_DIR
+from tests.support import ROOT
 
 ENGINE_KWARGS = {"max_batch_size": 4, "max_queue": 4, "kv_reserve_tokens": 128}
 TEXTS = ["Hi", "What is the capital of France, and why is it famous?", "Name three colours."]

@@ -14,9 +14,6 @@ import pytest
 
 from app.engine import Engine, GenerationResult, LoadedModel, SamplingParams, load_model
 from tests.engine_support import (
-    CACHE_DIR,
-    TINY_CONTEXT,
-    build_tiny_llama,
     chat_prompt,
     decode,
     gate_on,
@@ -28,8 +25,7 @@ from tests.engine_support import (
     wait_until,
     within,
 )
-
-pytest_plugins = ["tests.engine_fixtures"]
+from tests.models import CACHE_DIR, TINY_CONTEXT, build_tiny_llama
 
 TEXTS = [
     "Hi",

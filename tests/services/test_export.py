@@ -27,7 +27,7 @@ from storage.errors import Conflict, InvalidInput, NotFound
 from storage.repository import ConversationRecord, NewMessage, Repository
 from tests.support import reset_postgres
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 
 START = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)

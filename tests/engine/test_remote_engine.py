@@ -20,10 +20,10 @@ import pytest
 from app.engine import EngineBusy, InvalidPrompt, PromptTooLong, SamplingParams
 from app.engine.remote import RemoteEngine
 from app.engine.remote_model import load_tokenizer_only
-from tests.engine_support import build_tiny_gpt2
 from tests.llama_support import LlamaServer, llama_server_binary
-from tests.support import MODEL_CACHE, PYTHON, ROOT, add_user, free_port, running_server
-from tests.test_server import bubble_texts, client_for, send, stored
+from tests.models import MODEL_CACHE, build_tiny_gpt2
+from tests.page_client import bubble_texts, client_for, send, stored
+from tests.support import PYTHON, ROOT, add_user, free_port, running_server
 
 LONG_REPLY = "Write a long story about a dragon who learns to cook."  # greedy: 400 tokens, no EOS
 

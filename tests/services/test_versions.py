@@ -1,6 +1,6 @@
 """Reply versions, edits and ratings in storage, and the exports that carry them (real databases).
 
-The server, API and page sides are in tests/test_versions_server.py and tests/test_ui_browser.py.
+The server, API and page sides are in tests/web/test_versions_server.py and tests/e2e/test_ui_browser.py.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def normalized(record: ConversationRecord) -> ConversationRecord:
 
 
 async def test_json_round_trip_restores_the_tree_and_its_ratings(repository, make_user, tmp_path):
-    from tests.test_export import fresh_repository
+    from tests.services.test_export import fresh_repository
 
     alice = await make_user("alice")
     chat_id, _ = await hand_built_tree(repository, alice.id)

@@ -29,8 +29,9 @@ from gradio_client import Client
 
 from app.config import sqlite_url
 from app.web.page.ui import PENDING_NOTE, message_bubble
-from tests.support import ServerProcess, build_tiny_llama, free_port, running_server
-from tests.test_server import PASSWORD, bubble_texts, send, stored
+from tests.models import SERVER_CONTEXT, build_tiny_llama
+from tests.page_client import PASSWORD, bubble_texts, send, stored
+from tests.support import ServerProcess, free_port, running_server
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # words of driver errors, SQL and addresses that must never reach a tester
@@ -42,7 +43,7 @@ REPLY_TOKENS = 300  # ~4 s on the tiny model: long enough to fill the disk or st
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
-    return str(build_tiny_llama(tmp_path_factory.mktemp("faults-model")))
+    return str(build_tiny_llama(tmp_path_factory.mktemp("faults-model"), max_positions=SERVER_CONTEXT))
 
 
 def data_dir(tmp_path: Path) -> Path:

@@ -3,7 +3,7 @@
 Each test drives ``ChatService`` as the web layer does (username from the login, ids
 from the client) and checks what the database holds afterwards, so a broken rule
 (ownership, refusal before storing, durability order, versions) fails here at once.
-The server and page sides are in tests/test_server.py and tests/test_ui_browser.py.
+The server and page sides are in tests/web/test_server.py and tests/e2e/test_ui_browser.py.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from storage.errors import StorageUnavailable
 from storage.journal import Journal
 from storage.repository import NewMessage, Repository
 from tests.engine_support import prompt_format, running_engine, within
-
-pytest_plugins = ["tests.engine_fixtures"]
 
 GREEDY = ChatOptions(temperature=0.0, max_new_tokens=8)
 RATE_LIMIT = 3
