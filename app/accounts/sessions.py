@@ -12,6 +12,9 @@ password changes or a user is removed. Here each login is a row (see
 
 Logins expire after ``IDLE_LIFETIME`` without use (renewed while in use, at most once
 per ``RENEW_AFTER``) and after ``ABSOLUTE_LIFETIME`` whatever happens.
+
+This module knows tokens, not HTTP: the cookie that carries a token is the web
+layer's (``app/web/login_cookie.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from fastapi import HTTPException, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from storage.errors import NotFound, StorageUnavailable
@@ -31,7 +33,6 @@ from storage.repository import Repository, UserRecord
 
 log = logging.getLogger(__name__)
 
-COOKIE_NAME = "chat_session"
 IDLE_LIFETIME = timedelta(days=14)
 RENEW_AFTER = timedelta(hours=1)
 ABSOLUTE_LIFETIME = timedelta(days=30)
@@ -53,34 +54,24 @@ class CurrentLogin:
     id_hash: str
 
 
-class SessionManager:
-    """Creates, checks and ends logins; also the ``auth_dependency`` given to Gradio."""
+class LoginSessions:
+    """Creates, checks and ends logins by their token (the cookie's value)."""
 
     def __init__(self, repository: Repository) -> None:
         self.repository = repository
 
-    async def start(self, response: Response, request: Request, user: UserRecord) -> None:
-        """Log ``user`` in on ``response``: always a fresh id (rotation), and any login the
-        browser held before is ended, so an id planted before login is worth nothing."""
-        old = request.cookies.get(COOKIE_NAME)
-        if old:
-            await self.repository.delete_login_session(hash_token(old))
+    async def begin(self, user: UserRecord, replacing: str | None) -> str:
+        """A new login for ``user``; returns its token. Always a fresh id (rotation), and the
+        login the browser held before (``replacing``) is ended, so an id planted before
+        login is worth nothing."""
+        if replacing:
+            await self.repository.delete_login_session(hash_token(replacing))
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        now = utcnow()
-        await self.repository.create_login_session(user.id, hash_token(token), now + IDLE_LIFETIME)
-        response.set_cookie(
-            COOKIE_NAME,
-            token,
-            max_age=int(ABSOLUTE_LIFETIME.total_seconds()),
-            httponly=True,
-            samesite="lax",
-            secure=request.url.scheme == "https",
-            path="/",
-        )
+        await self.repository.create_login_session(user.id, hash_token(token), utcnow() + IDLE_LIFETIME)
+        return token
 
-    async def current(self, request: Request) -> CurrentLogin | None:
-        """The live login of this request, or None. Raises DatabaseUnavailable."""
-        token = request.cookies.get(COOKIE_NAME)
+    async def lookup(self, token: str | None) -> CurrentLogin | None:
+        """The live login this token belongs to, or None. Raises DatabaseUnavailable."""
         if not token or len(token) > 128:
             return None
         id_hash = hash_token(token)
@@ -107,24 +98,12 @@ class SessionManager:
             # reading worked; a missed renewal only shortens the login
             log.warning("could not renew a login: %s", type(error).__name__)
 
-    async def username(self, request: Request) -> str | None:
-        """Gradio's ``auth_dependency``: the logged-in name decides ``request.username``."""
-        try:
-            login = await self.current(request)
-        except DatabaseUnavailable:
-            raise HTTPException(503, "The server cannot reach its database; try again in a minute.") from None
-        return None if login is None else login.user.username
-
-    async def end(self, request: Request, response: Response) -> None:
-        token = request.cookies.get(COOKIE_NAME)
+    async def end(self, token: str | None) -> None:
         if token:
             await self.repository.delete_login_session(hash_token(token))
-        response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="lax")
 
-    async def end_everywhere(self, user_id: int, response: Response) -> int:
-        ended = await self.repository.delete_login_sessions_of(user_id)
-        response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="lax")
-        return ended
+    async def end_everywhere(self, user_id: int) -> int:
+        return await self.repository.delete_login_sessions_of(user_id)
 
     async def prune(self) -> int:
         """Drop expired rows (the lookup ignores them anyway; this only keeps the table small)."""

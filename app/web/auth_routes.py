@@ -33,8 +33,9 @@ from app.accounts.passwords import (
     hash_password,
     verify_password,
 )
-from app.accounts.sessions import CurrentLogin, DatabaseUnavailable, SessionManager
+from app.accounts.sessions import CurrentLogin, DatabaseUnavailable
 from app.services.limits import MovingWindow
+from app.web.login_cookie import SessionManager
 from storage.errors import Conflict, InvalidInput, NotFound, StorageUnavailable
 from storage.models import USERNAME_MAX
 from storage.repository import Repository, UserRecord

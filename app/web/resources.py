@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.accounts.sessions import SessionManager
 from app.engine.contract import ChatEngine
+from app.web.login_cookie import SessionManager
 from storage.database import Database
 from storage.journal import Journal
 

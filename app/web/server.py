@@ -29,7 +29,7 @@ from starlette.routing import Mount
 
 from app.accounts.login_guard import LoginGuard
 from app.accounts.passwords import generate_password, hash_password
-from app.accounts.sessions import DatabaseUnavailable, SessionManager
+from app.accounts.sessions import DatabaseUnavailable, LoginSessions
 from app.config import Settings
 from app.engine import ChatEngine, Engine, LoadedModel, ModelLoadError, PromptFormat, load_model
 from app.engine.fast_linear import pack_linear_layers
@@ -43,6 +43,7 @@ from app.services.chat import ChatService
 from app.web.auth_routes import SignupLimiter, build_auth_router
 from app.web.export_route import build_export_router
 from app.web.health import build_health_router
+from app.web.login_cookie import SessionManager
 from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web.resources import ServerResources
@@ -123,7 +124,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
         chat_engine = engine or build_engine(settings, loaded)
         chat_engine.start()
         await chat_engine.wait_ready()
-        sessions = SessionManager(repository)
+        sessions = SessionManager(LoginSessions(repository))
         await sessions.prune()
         resources.database, resources.engine = database, chat_engine
         resources.sessions, resources.journal = sessions, journal
