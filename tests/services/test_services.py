@@ -10,35 +10,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from app.engine import Engine, LoadedModel
+from app.engine import Engine
 from app.services.chat import ChatEvent, ChatOptions, ChatService, interrupted, title_from
 from app.services.errors import Busy, ChatError, ConversationNotFound, MessageNotFound, RateLimited
 from storage.errors import StorageUnavailable
-from storage.journal import Journal
-from storage.repository import NewMessage, Repository
-from tests.engine_support import prompt_format, running_engine, within
+from storage.repository import NewMessage
+from tests.engine_support import prompt_format, running_engine
+from tests.service_support import GREEDY, RATE_LIMIT, events_of, make_service, running_service
 
-GREEDY = ChatOptions(temperature=0.0, max_new_tokens=8)
-RATE_LIMIT = 3
-MAX_CHARS = 200
 NOT_FOUND = ConversationNotFound().args[0]
-
-
-def make_service(
-    repository: Repository, engine: Engine, loaded: LoadedModel, tmp_path: Path, *, rate_limit: int = RATE_LIMIT
-) -> ChatService:
-    """A service as the server builds one, with small limits so the tests can reach them."""
-    exports = tmp_path / "exports"
-    exports.mkdir(exist_ok=True)
-    return ChatService(
-        repository, engine, prompt_format(loaded), loaded.name,
-        max_input_chars=MAX_CHARS, max_new_tokens=64, rate_limit=rate_limit, rate_period=60.0,
-        export_dir=exports, journal=Journal(tmp_path / "journal.jsonl"),
-    )
 
 
 @pytest.fixture
@@ -49,15 +32,8 @@ async def users(make_user) -> None:
 
 @pytest.fixture
 async def service(repository, users, tiny_llama, tmp_path) -> AsyncIterator[ChatService]:
-    async with running_engine(tiny_llama) as engine:
-        yield make_service(repository, engine, tiny_llama, tmp_path)
-
-
-async def events_of(replies: AsyncIterator[ChatEvent]) -> list[ChatEvent]:
-    async def drain() -> list[ChatEvent]:
-        return [event async for event in replies]
-
-    return await within(drain())
+    async with running_service(repository, tiny_llama, tmp_path) as service:
+        yield service
 
 
 async def send(service: ChatService, username: str, text: str, chat_id: str | None = None) -> list[ChatEvent]:
