@@ -44,7 +44,7 @@ def load_tokenizer_only(spec: str, cache_dir: Path) -> LoadedModel:
         generation: Any = GenerationConfig.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError):
         generation = None
-    log.warning("tokenizer of %s loaded in %.1f s (weights stay on the inference server)",
+    log.warning("tokenizer of %s loaded in %.1f s (the weights stay with the engine, not in this process)",
                 name, time.perf_counter() - started)
     return LoadedModel(
         name=name,

@@ -72,8 +72,9 @@ async def test_greedy_replies_match_the_in_process_engine(process_engine, tiny_l
         assert result.finish_reason in ("length", "eos") and result.error is None
     stats = process_engine.stats()
     assert stats.alive and stats.accepting and stats.generated_tokens >= 6 * 24 - 6
-    report, healthy = await process_engine.health_report()
-    assert healthy and report["ready"] and report["max_batch_size"] == 4 and "prefix_cache" in report
+    health = await process_engine.health_report()
+    report = health.report
+    assert health.healthy and report["ready"] and report["max_batch_size"] == 4 and "prefix_cache" in report
 
 
 async def test_refusals_are_immediate(process_engine):
@@ -132,8 +133,8 @@ async def test_a_killed_process_ends_its_replies_in_words_and_comes_back(process
     assert result.finish_reason == "error" and result.error == PROCESS_DIED
     assert result.text == first + "".join(deltas) and result.token_ids
     assert not engine.stats().alive
-    report, healthy = await engine.health_report()
-    assert not healthy and not report["alive"]
+    health = await engine.health_report()
+    assert not health.healthy and not health.report["alive"]
     with pytest.raises(EngineStopped, match="restarting"):
         await engine.submit(chat_prompt(tiny_llama, TEXTS[0]), greedy(24))
 

@@ -50,7 +50,6 @@ class ReplyRelay:
         self.conversation_id = origin
         # what the last frame showed: this stream's chat (ON_SCREEN) or another chat's id (or None)
         self.last_shown: object = ON_SCREEN
-        self.last_status: str | None = None  # the status line the last frame of this chat set
 
     async def frames(
         self, events: AsyncIterator[ChatEvent], bubbles: list[dict[str, str]]
@@ -66,7 +65,7 @@ class ReplyRelay:
                 self.conversation_id = event.conversation_id
                 if views.showing(self.session, self.conversation_id):
                     chats = await self.lists.lists(self.username, self.search, self.session, self.conversation_id)
-                    self.last_shown, self.last_status = ON_SCREEN, ""
+                    self.last_shown = ON_SCREEN
                     yield Frame({page.chatbot: bubbles, page.conversation_state: self.conversation_id,
                                  page.status: "", **chats}, own=True)
                 else:
@@ -74,24 +73,11 @@ class ReplyRelay:
                 continue
             status = self.draw(event, bubbles)
             if views.showing(self.session, self.conversation_id):
-                yield Frame(self.own_chat_updates(event, bubbles, status), own=True)
+                self.last_shown = ON_SCREEN
+                yield Frame({page.chatbot: bubbles, page.conversation_state: self.conversation_id, page.status: status},
+                            own=True)
             else:
                 yield await self.elsewhere()
-
-    def own_chat_updates(self, event: ChatEvent, bubbles: list[dict[str, str]], status: str) -> Updates:
-        """Only what changed: while text streams, the messages (the status only when it changes).
-
-        Every output named costs the event loop a postprocess per frame, for every
-        stream; the chat id goes along when this chat comes back on screen and with
-        the reply's last frame.
-        """
-        updates: Updates = {self.page.chatbot: bubbles}
-        if self.last_shown is not ON_SCREEN or event.kind not in ("text", "waiting"):
-            updates[self.page.conversation_state] = self.conversation_id
-        if status != self.last_status or event.kind not in ("text", "waiting"):
-            updates[self.page.status] = status
-        self.last_shown, self.last_status = ON_SCREEN, status
-        return updates
 
     @staticmethod
     def draw(event: ChatEvent, bubbles: list[dict[str, str]]) -> str:
