@@ -44,8 +44,6 @@ from pathlib import Path
 
 import httpx
 
-from tests.models import MODEL_CACHE
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.config import DEFAULT_MODEL, Settings
@@ -55,6 +53,7 @@ from app.engine.params import SamplingParams
 from bench.server_cpu import CpuShares, shares, snapshot, thread_naming_env
 from bench.serving import WARM_UP_TEXT, Reply, ask, sign_up_all, warm_up
 from bench.throughput import chat_prompt, describe_machine, percentile, prompt_texts, run_engine
+from tests.models import MODEL_CACHE
 from tests.page_client import stored
 from tests.support import ServerProcess, running_server
 
