@@ -23,6 +23,11 @@ from storage.repository import ConversationRecord, MessageRecord
 QUEUE_REPORT_SECONDS = 0.5
 # the shortest time between two text events of one reply (tokens in between are joined)
 FRAME_INTERVAL_SECONDS = 0.05
+# text events per second for all replies together: each becomes a page frame, and the web
+# server's event loop pays a few milliseconds of Gradio's work per frame (issue 24). With
+# many replies streaming each one's frames come further apart (16 replies: one every 0.27 s,
+# 32: every 0.53 s), so the loop's share of a core stays bounded as the team grows.
+FRAMES_PER_SECOND = 60.0
 
 
 class LiveReplies:
@@ -37,6 +42,10 @@ class LiveReplies:
         self._none_active.set()
 
     # ------------------------------------------------------------ looking
+
+    def frame_interval(self) -> float:
+        """How far apart one reply's text events are now: the frame budget shared by the live replies."""
+        return max(FRAME_INTERVAL_SECONDS, len(self._live) / FRAMES_PER_SECOND)
 
     def text_of(self, conversation: ConversationRecord) -> str | None:
         """The reply being generated in this (already opened, so owned) chat, or None."""
@@ -115,7 +124,7 @@ class LiveReplies:
     async def _events(self, reply: LiveReply) -> AsyncIterator[ChatEvent]:
         """Stream text events; while queued, report the queue position every half second.
 
-        At most one text event per ``FRAME_INTERVAL_SECONDS``: the deltas of a burst are
+        At most one text event per ``frame_interval()``: the deltas of a burst are
         joined, since every event becomes a page frame whose cost on the event loop is
         what starved the model when many replies streamed (issue 24).
         A Stop ends the events at once (not at the engine's next step), so nothing
@@ -150,7 +159,7 @@ class LiveReplies:
                 finally:
                     next_delta = None
                 reply.text += valid_text(delta + reply.stream.ready_text())
-                hold = last_frame + FRAME_INTERVAL_SECONDS - loop.time()
+                hold = last_frame + self.frame_interval() - loop.time()
                 if hold > 0:
                     # deltas that arrive meanwhile join this frame; a Stop still ends it at once
                     if await self._stopped_within(stopping, hold):

@@ -9,7 +9,9 @@ The server and page sides are in tests/web/test_server.py and tests/e2e/test_ui_
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from itertools import pairwise
 
 import pytest
 
@@ -381,3 +383,21 @@ async def test_export_writes_the_owners_chats_only(service):
     assert "bob's words" not in everything.read_text(encoding="utf-8")
     with refused(ChatError, "Unknown export format 'xml'."):
         await service.export("alice", "xml")
+
+
+async def test_text_events_are_coalesced_into_frames_at_most_every_frame_interval(service):
+    """The tiny model makes a token every few milliseconds; the page must not get a frame for each."""
+    from app.services.reply_stream import FRAME_INTERVAL_SECONDS
+
+    options = ChatOptions(temperature=0.0, max_new_tokens=48)
+    arrivals: list[tuple[float, ChatEvent]] = []
+    async for event in service.send("alice", None, "Tell me a long story", options):
+        arrivals.append((time.perf_counter(), event))
+    texts = [(at, event) for at, event in arrivals if event.kind == "text"]
+    done = arrivals[-1][1]
+    assert done.kind == "done" and done.message is not None
+    assert done.message.completion_tokens > len(texts)  # several tokens per frame
+    gaps = [later - earlier for (earlier, _), (later, _) in pairwise(texts)]
+    assert all(gap >= FRAME_INTERVAL_SECONDS * 0.9 for gap in gaps), gaps
+    assert all(b.text.startswith(a.text) for (_, a), (_, b) in pairwise(texts))
+    assert done.message.content.startswith(texts[-1][1].text)  # nothing shown that was not stored
