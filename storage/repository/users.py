@@ -61,14 +61,16 @@ class UserStore(RepositoryBase):
         async with self.database.reader() as session:
             return int(await session.scalar(select(func.count()).select_from(User)) or 0)
 
-    async def set_password(self, username: str, password_hash: str) -> None:
-        if not storable(username):
+    async def _existing_user_id(self, session: AsyncSession, username: str) -> int:
+        """The id of the user named so (any case), for an admin's change; NotFound otherwise."""
+        user = await self._find_user(session, username) if storable(username) else None
+        if user is None:
             raise NotFound(f"no user named {username!r}")
+        return user.id
+
+    async def set_password(self, username: str, password_hash: str) -> None:
         async with self.database.writer() as session, session.begin():
-            user = await self._find_user(session, username)
-            if user is None:
-                raise NotFound(f"no user named {username!r}")
-            user_id = user.id
+            user_id = await self._existing_user_id(session, username)
             await session.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))
             # a changed password ends every login made with the old one
             await session.execute(delete(LoginSession).where(LoginSession.user_id == user_id))
@@ -85,13 +87,8 @@ class UserStore(RepositoryBase):
 
     async def delete_user(self, username: str) -> None:
         """Remove a user and (by cascade) all of their conversations."""
-        if not storable(username):
-            raise NotFound(f"no user named {username!r}")
         async with self.database.writer() as session, session.begin():
-            user = await self._find_user(session, username)
-            if user is None:
-                raise NotFound(f"no user named {username!r}")
-            user_id = user.id
+            user_id = await self._existing_user_id(session, username)
             # explicit, though the foreign key cascades too: no login outlives its user
             await session.execute(delete(LoginSession).where(LoginSession.user_id == user_id))
             await session.execute(delete(User).where(User.id == user_id))
