@@ -77,3 +77,15 @@ def test_a_skipped_output_is_not_rebuilt(page: LeanBlocks) -> None:
     assert asyncio.run(kept_after_a_text_frame(page.postprocess_data)) == [True, True]
     plain = asyncio.run(kept_after_a_text_frame(lambda *args: gr.Blocks.postprocess_data(page, *args)))
     assert plain == [False, False]  # what LeanBlocks saves: if Gradio stops rebuilding, this class can go
+
+
+def test_a_frame_does_not_search_the_path_for_an_absent_matplotlib(page: LeanBlocks) -> None:
+    """Gradio imports matplotlib around every handler call; with it absent, the failure is immediate."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("matplotlib") is not None and sys.modules.get("matplotlib") is not None:
+        pytest.skip("matplotlib is installed here: its import is cached like any other")
+    assert "matplotlib" in sys.modules and sys.modules["matplotlib"] is None
+    with pytest.raises(ImportError):
+        import matplotlib  # noqa: F401

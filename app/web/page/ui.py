@@ -26,7 +26,7 @@ from app.web.page.handlers.rating import RatingHandlers
 from app.web.page.handlers.reply import ReplyHandlers
 from app.web.page.handlers.view import ViewHandlers
 from app.web.page.layout import build_layout
-from app.web.page.lean_blocks import LeanBlocks
+from app.web.page.lean_blocks import LeanBlocks, skip_absent_matplotlib
 from app.web.page.service_holder import ServiceHolder
 from app.web.page.transcript import PENDING_NOTE, message_bubble
 from app.web.page.wiring import REPLY_EVENTS, PageHandlers, wire
@@ -37,6 +37,7 @@ __all__ = ["PENDING_NOTE", "REPLY_EVENTS", "ServiceHolder", "build_ui", "message
 
 def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
     """The chat page. Wiring only: each handler calls one ChatService method."""
+    skip_absent_matplotlib()
     with LeanBlocks(title="Team Chat", delete_cache=(600, 3600)) as demo:
         page = build_layout(settings)
         context = PageContext.create(holder, page, settings)
