@@ -130,6 +130,13 @@ def build_share_router(
             return refusal(request, error)
         return html_page(links_page(mine, note=f"Revoked the link to “{link.title}”."))
 
+    @router.api_route("/share/{rest:path}", methods=["GET", "POST"], response_model=None)
+    async def no_such_share(rest: str, request: Request) -> Response:
+        """Any other address under /share/ (an id with a slash in it, say): the same sentence, not Gradio's 404."""
+        if request.method == "GET":
+            return html_page(sentence_page("Share link", str(ShareNotFound())), 404)
+        return refusal(request, ShareNotFound())
+
     @router.get("/account/shares", response_model=None)
     async def my_links_page(request: Request) -> Response:
         try:
