@@ -209,3 +209,48 @@ def test_share_in_the_browser_then_continue_and_revoke(server):
         alice.get_by_text("Revoked the link").wait_for()
         bob.goto(server.url.rstrip("/") + path)
         assert "revoked by its owner" in bob.locator("body").inner_text()
+
+
+@pytest.mark.parametrize("public", [True, False])
+async def test_anonymous_readers_only_with_public_shares(repository, make_user, public):
+    """CHAT_PUBLIC_SHARES decides about readers without a login; continuing always needs one.
+
+    The share routes and the security middleware in front of them, in process over a real
+    SQLite database (a second server only to flip one setting would cost a model load).
+    """
+    from fastapi import FastAPI
+
+    from app.accounts.sessions import LoginSessions
+    from app.services.shares import ShareService
+    from app.web.login_cookie import COOKIE_NAME, SessionManager
+    from app.web.security import SecurityMiddleware
+    from app.web.share_routes import SHARE_PATHS, build_share_router
+    from storage.repository import NewMessage
+
+    alice = await make_user("alice")
+    chat = await repository.create_conversation(alice.id, "Public or not", "m")
+    await repository.append_messages(alice.id, chat.id, [NewMessage("user", "hello", [1, 2]),
+                                                         NewMessage("assistant", "hi", [3])])
+    link = await ShareService(repository).share("alice", chat.id)
+    sessions = SessionManager(LoginSessions(repository))
+
+    async def logged_in(request) -> bool:
+        return await sessions.current(request) is not None
+
+    app = FastAPI()
+    app.include_router(build_share_router(lambda: ShareService(repository), lambda: sessions, public=public))
+    app.add_middleware(SecurityMiddleware, logged_in=logged_in, own_login_check=SHARE_PATHS)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as anonymous:
+        read = await anonymous.get(f"/share/{link.id}")
+        if public:
+            assert read.status_code == 200 and "hello" in read.text and "Log in to continue" in read.text
+        else:
+            assert read.status_code == 303 and read.headers["location"].startswith("/login?next=%2Fshare%2F")
+        assert (await anonymous.post(f"/share/{link.id}/continue")).status_code == 303
+        assert (await anonymous.get("/shares")).status_code == 401  # everything else still needs a login
+        assert (await anonymous.get(f"/share/{link.id}/x/y")).status_code == 401
+    token = await LoginSessions(repository).begin(alice, None)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver",
+                                 cookies={COOKIE_NAME: token}) as client:
+        assert "Continue in my chats" in (await client.get(f"/share/{link.id}")).text
