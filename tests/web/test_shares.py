@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.browser import ARTIFACTS, PHONE, browser_pages, log_in, row_menu, wait_for, wait_until_settled
+from tests.browser import ARTIFACTS, DESKTOP, PHONE, browser_pages, log_in, row_menu, wait_for, wait_until_settled
 from tests.models import SERVER_CONTEXT, build_tiny_llama
 from tests.support import add_user, api_client, login_cookies, read_stored, running_server
 
@@ -178,17 +178,14 @@ def test_share_in_the_browser_then_continue_and_revoke(server):
         bob.get_by_role("button", name="Continue in my chats").wait_for()
         assert "bold" in bob.locator("li.message.user").inner_text()
         bob.screenshot(path=str(ARTIFACTS / "shared-chat.png"), full_page=True)
-        dark = new_page(color_scheme="dark")
-        log_in(dark, server.url, "carol", PASSWORD)
-        dark.goto(server.url.rstrip("/") + path)
-        background = dark.evaluate("() => getComputedStyle(document.body).backgroundColor")
-        assert background == "rgb(15, 17, 21)"
-        dark.screenshot(path=str(ARTIFACTS / "shared-chat-dark.png"), full_page=True)
-        phone = new_page(viewport=PHONE)
-        log_in(phone, server.url, "carol", PASSWORD)
-        phone.goto(server.url.rstrip("/") + path)
-        assert phone.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
-        phone.screenshot(path=str(ARTIFACTS / "shared-chat-phone.png"), full_page=True)
+        bob.emulate_media(color_scheme="dark")
+        assert bob.evaluate("() => getComputedStyle(document.body).backgroundColor") == "rgb(15, 17, 21)"
+        bob.screenshot(path=str(ARTIFACTS / "shared-chat-dark.png"), full_page=True)
+        bob.set_viewport_size(PHONE)
+        assert bob.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]  # nothing sideways
+        bob.screenshot(path=str(ARTIFACTS / "shared-chat-phone-dark.png"), full_page=True)
+        bob.emulate_media(color_scheme="light")
+        bob.set_viewport_size(DESKTOP)
 
         bob.get_by_role("button", name="Continue in my chats").click()
         bob.locator("#message textarea").wait_for()
@@ -207,6 +204,7 @@ def test_share_in_the_browser_then_continue_and_revoke(server):
         alice.get_by_role("link", name="Your share links").click()
         alice.locator(f'tr[data-link="{link.group(1)}"]').get_by_role("button", name="Revoke").click()
         alice.get_by_text("Revoked the link").wait_for()
+        alice.screenshot(path=str(ARTIFACTS / "share-links.png"), full_page=True)
         bob.goto(server.url.rstrip("/") + path)
         assert "revoked by its owner" in bob.locator("body").inner_text()
 
