@@ -252,3 +252,25 @@ async def test_anonymous_readers_only_with_public_shares(repository, make_user, 
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver",
                                  cookies={COOKIE_NAME: token}) as client:
         assert "Continue in my chats" in (await client.get(f"/share/{link.id}")).text
+
+
+async def test_an_expired_link_says_so_and_revoking_keeps_the_first_time(repository, make_user):
+    from datetime import UTC, datetime, timedelta
+
+    from app.services.shares import EXPIRED, REVOKED, ShareGone, ShareService
+    from storage.repository import NewMessage
+
+    alice = await make_user("alice")
+    chat = await repository.create_conversation(alice.id, "Short-lived", "m")
+    await repository.append_messages(alice.id, chat.id, [NewMessage("user", "hello", [1, 2])])
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    expired = await repository.create_share(alice.id, chat.id, "e" * 24, expires_at=past)
+    service = ShareService(repository)
+    with pytest.raises(ShareGone, match=EXPIRED):
+        await service.view(expired.id)
+    link = await service.share("alice", chat.id, expires_in_days=1)
+    assert (await service.view(link.id)).messages[0].token_ids == [1, 2]
+    first = await service.revoke("alice", link.id)
+    assert (await service.revoke("alice", link.id)).revoked_at == first.revoked_at
+    with pytest.raises(ShareGone, match=REVOKED):
+        await service.view(link.id)
