@@ -12,6 +12,9 @@ API client meet the same ones:
 - only the owner revokes a link, or an admin; someone else's link is "not found" too;
 - "Continue in my chats" copies the shared messages, token ids included, into a new chat
   of the reader's, so the next prompt is the shared ids plus the new turn, exactly.
+
+What is shared is what is stored: a reply still being written, or waiting in the journal
+for the database, is not in the copy (share again once it is stored).
 """
 
 from __future__ import annotations

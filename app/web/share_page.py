@@ -96,8 +96,9 @@ def shared_message(message: SharedMessage) -> str:
     )
 
 
-def shared_chat_page(shared: SharedChat, *, can_continue: bool) -> str:
-    """The whole page of a shared chat: its messages, who shared it, and "Continue in my chats"."""
+def shared_chat_page(shared: SharedChat, *, can_continue: bool, can_revoke: bool = False) -> str:
+    """The whole page of a shared chat: its messages, who shared it, "Continue in my chats", and for its
+    owner (or an admin) "Revoke this link"."""
     link = shared.link
     when = link.created_at.strftime("%d %b %Y %H:%M UTC")
     messages = "".join(shared_message(m) for m in shared.messages) or '<li class="note">This chat is empty.</li>'
@@ -110,6 +111,11 @@ def shared_chat_page(shared: SharedChat, *, can_continue: bool) -> str:
     else:
         login = f"/login?next=/share/{html.escape(link.id, quote=True)}"
         continue_part = f'<a href="{login}">Log in to continue this chat</a>'
+    if can_revoke:
+        continue_part += (
+            f'<form method="post" action="/share/{html.escape(link.id, quote=True)}/revoke">'
+            '<button type="submit" class="secondary" id="revoke-link">Revoke this link</button></form>'
+        )
     body = (
         f"<h1>{html.escape(link.title)}</h1>"
         f'<p class="meta">Shared by <b>{html.escape(link.username)}</b> · {when} · model '

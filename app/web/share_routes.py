@@ -93,7 +93,8 @@ def build_share_router(
             return html_page(sentence_page("Share link", UNAVAILABLE), 503)
         except ChatError as error:
             return html_page(sentence_page("Share link", str(error)), status_of(error))
-        return html_page(shared_chat_page(shared, can_continue=login is not None))
+        may_revoke = login is not None and (login.user.is_admin or login.user.id == shared.link.user_id)
+        return html_page(shared_chat_page(shared, can_continue=login is not None, can_revoke=may_revoke))
 
     @router.post("/share/{link_id}/continue", response_model=None)
     async def continue_share(link_id: str, request: Request) -> Response:
@@ -121,14 +122,16 @@ def build_share_router(
             if login is None:
                 return refusal(request, "Please log in first.", 401)
             link = await shares().revoke(login.user.username, link_id)
-            if not wants_html(request):
-                return JSONResponse(link_json(link), headers=PRIVATE)
-            mine = await shares().links(login.user.username)
         except DatabaseUnavailable:
             return refusal(request, UNAVAILABLE, 503)
         except ChatError as error:
             return refusal(request, error)
-        return html_page(links_page(mine, note=f"Revoked the link to “{link.title}”."))
+        if not wants_html(request):
+            return JSONResponse(link_json(link), headers=PRIVATE)
+        # a form: to a page a reload does not post again (an admin's is the link itself, now saying "revoked")
+        if link.user_id != login.user.id:
+            return RedirectResponse(SHARE_PREFIX + quote(link.id), status_code=303)
+        return RedirectResponse("/account/shares?revoked=" + quote(link.id), status_code=303)
 
     @router.api_route("/share/{rest:path}", methods=["GET", "POST"], response_model=None)
     async def no_such_share(rest: str, request: Request) -> Response:
@@ -138,7 +141,7 @@ def build_share_router(
         return refusal(request, ShareNotFound())
 
     @router.get("/account/shares", response_model=None)
-    async def my_links_page(request: Request) -> Response:
+    async def my_links_page(request: Request, revoked: str = "") -> Response:
         try:
             login = await login_of(request)
             if login is None:
@@ -148,7 +151,8 @@ def build_share_router(
             return html_page(sentence_page("Your share links", UNAVAILABLE), 503)
         except ChatError as error:
             return html_page(sentence_page("Your share links", str(error)), status_of(error))
-        return html_page(links_page(mine))
+        gone = next((link for link in mine if link.id == revoked and link.revoked_at is not None), None)
+        return html_page(links_page(mine, note=f"Revoked the link to “{gone.title}”." if gone else ""))
 
     @router.get("/shares", response_model=None)
     async def my_links(request: Request) -> Response:

@@ -74,6 +74,7 @@ def test_share_read_continue_exactly_and_revoke(server, cookies):
         assert "&lt;b&gt;cats&lt;/b&gt;" in page.text and "<b>cats</b>" not in page.text  # text, never HTML
         assert "version 2 of 2" in page.text and "👍" in page.text and "the better one" in page.text
         assert "A later message" not in page.text and "Continue in my chats" in page.text
+        assert "Revoke this link" not in page.text  # for its owner and admins only
         copied = client.post(f"/share/{link_id}/continue", headers=HTML)
         assert copied.status_code == 303 and copied.headers["location"].startswith("/?c=")
     copy_id = copied.headers["location"].removeprefix("/?c=")
@@ -120,7 +121,9 @@ def test_an_admin_revokes_any_link_and_links_are_listed(server, cookies):
         listed = client.get("/account/shares")
         assert listed.status_code == 200 and f"/share/{link_id}/revoke" in listed.text
     with http(server, cookies["admin"]) as client:
-        assert client.post(f"/share/{link_id}/revoke").status_code == 200
+        assert "Revoke this link" in client.get(f"/share/{link_id}").text
+        revoked = client.post(f"/share/{link_id}/revoke", headers=HTML)  # the button on the link's page
+        assert revoked.status_code == 303 and revoked.headers["location"] == f"/share/{link_id}"
     with http(server, cookies["carol"]) as client:
         assert "revoked" in client.get(f"/share/{link_id}").text
         assert client.get("/shares").json()[0]["state"] == "revoked"
