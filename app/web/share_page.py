@@ -143,7 +143,8 @@ def links_page(links: list[ShareLinkRecord], *, note: str = "", error: str = "")
             f'<form method="post" action="{path}/revoke"><button type="submit" class="secondary">Revoke</button></form>'
             if state == "active" else ""
         )
-        source = "" if link.conversation_id else ' <span class="meta">(chat deleted; the copy stays)</span>'
+        deleted = link.conversation_id is None and state != "revoked"
+        source = ' <span class="meta">(chat deleted; the copy stays)</span>' if deleted else ""
         rows.append(
             f'<tr data-link="{html.escape(link.id, quote=True)}"><td>{opened}{source}</td>'
             f'<td>{link.created_at.strftime("%d %b %Y %H:%M")}</td><td class="state">{state}</td><td>{revoke}</td></tr>'
