@@ -136,6 +136,7 @@ def test_bad_input_gets_a_sentence_and_changes_nothing(server, cookies):
         own_links = client.get("/shares").json()
     # bob shares alice's chat: the page's endpoint and the route say "not found", as for an unknown id
     assert "Conversation not found" in bob.predict(chat, api_name="/share")
+    assert "Open a chat first" in bob.predict("", api_name="/share")
     with http(server, cookies["bob"]) as client:
         for target in (chat, "no-such-chat", "x" * 5000):
             refused = client.post("/shares", data={"conversation_id": target})
