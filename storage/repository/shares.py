@@ -128,7 +128,8 @@ class ShareStore(RepositoryBase):
         if not lookable(link_id):
             raise NotFound("share link id is not usable")
         async with self.database.writer() as session, session.begin():
-            conversation = await self._owned(session, user_id, conversation_id)
+            # locked (PostgreSQL): a delete of the chat waits, so the link never names a chat already gone
+            conversation = await self._owned(session, user_id, conversation_id, lock=True)
             chat = await self._load_full(session, conversation)
             if await session.get(ShareLink, link_id) is not None:
                 raise Conflict("that share link id is taken")
