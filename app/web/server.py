@@ -40,6 +40,7 @@ from app.engine.remote_model import load_tokenizer_only
 from app.engine.remote_probe import probe_server
 from app.migrate import upgrade_async
 from app.services.chat import ChatService
+from app.services.shares import ShareService
 from app.web.auth_routes import SignupLimiter, build_auth_router
 from app.web.export_route import build_export_router
 from app.web.health import build_health_router
@@ -48,6 +49,7 @@ from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web.resources import ServerResources
 from app.web.security import SecurityMiddleware
+from app.web.share_routes import SHARE_PATHS, build_share_router
 from storage.database import Database
 from storage.errors import StorageUnavailable
 from storage.journal import Journal
@@ -205,13 +207,19 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
         repository, sessions, guard, signup_open=settings.signup == "open",
         signups=SignupLimiter(limit=settings.signup_limit),
     ))
+    app.include_router(build_share_router(
+        lambda: ShareService(repository()), sessions, public=settings.public_shares
+    ))
     # Configuring CORSMiddleware here makes Gradio drop its own CORS layer (which allows
     # any localhost origin with credentials); only origins the operator lists are allowed.
     app.add_middleware(
         CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_credentials=True,
         allow_methods=["GET", "POST"], allow_headers=["*"],
     )
-    app.add_middleware(SecurityMiddleware, logged_in=logged_in, allowed_origins=settings.allowed_origins)
+    app.add_middleware(
+        SecurityMiddleware, logged_in=logged_in, allowed_origins=settings.allowed_origins,
+        own_login_check=SHARE_PATHS,
+    )
 
     blocks = build_ui(holder, settings)
     size_queue(blocks, settings)

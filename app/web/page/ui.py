@@ -24,6 +24,7 @@ from app.web.page.handlers.chat_list import ChatListHandlers
 from app.web.page.handlers.context import PageContext
 from app.web.page.handlers.rating import RatingHandlers
 from app.web.page.handlers.reply import ReplyHandlers
+from app.web.page.handlers.share import ShareHandlers
 from app.web.page.handlers.view import ViewHandlers
 from app.web.page.layout import build_layout
 from app.web.page.lean_blocks import LeanBlocks, skip_absent_matplotlib
@@ -44,7 +45,7 @@ def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
         lists = ChatListHandlers(context)
         handlers = PageHandlers(
             view=ViewHandlers(context, lists), lists=lists, reply=ReplyHandlers(context, lists),
-            rating=RatingHandlers(context),
+            rating=RatingHandlers(context), share=ShareHandlers(context),
         )
         wire(demo, page, handlers)
     return demo
