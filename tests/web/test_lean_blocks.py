@@ -16,7 +16,7 @@ import pytest
 from gradio.state_holder import SessionState
 
 from app.config import Settings
-from app.web.page.lean_blocks import LeanBlocks
+from app.web.page.lean_blocks import LeanBlocks, TextBubbles
 from app.web.page.service_holder import ServiceHolder
 from app.web.page.ui import build_ui
 
@@ -35,7 +35,13 @@ def send_event(demo: LeanBlocks):
 def frames(fn) -> list:
     chatbot, message, conversation, status, chat_list, chat_rows = fn.outputs
     bubbles = [{"role": "user", "content": "hi <b>there</b>"}, {"role": "assistant", "content": "hello"}]
+    long_chat = [{"role": "user" if index % 2 == 0 else "assistant", "content": f"  line {index}\n    indented"}
+                 for index in range(100)]
     return [
+        {chatbot: long_chat, conversation: "c-1", status: ""},
+        {chatbot: [*bubbles, {"role": "assistant", "content": ""}], conversation: "c-1", status: ""},
+        {chatbot: [*long_chat[:-1], {"role": "assistant", "content": "  line 99\n    indented more"}]},
+        {chatbot: [{"role": "user", "content": "x", "metadata": {"title": "t"}}], status: ""},
         {chatbot: bubbles, conversation: "c-1", status: ""},
         {chatbot: bubbles, message: "", conversation: "c-1", status: "", chat_rows: "<div>row</div>"},
         {status: "⏳ waiting"},
@@ -50,14 +56,18 @@ def test_each_frame_matches_gradios_own_postprocessing(page: LeanBlocks) -> None
     fn = send_event(page)
 
     async def both(lean_frame, plain_frame) -> tuple[list, list]:
-        lean = await page.postprocess_data(fn, lean_frame, SessionState(page))
-        plain = await gr.Blocks.postprocess_data(page, fn, plain_frame, SessionState(page))
+        lean = await page.postprocess_data(fn, lean_frame, lean_state)
+        plain = await gr.Blocks.postprocess_data(page, fn, plain_frame, plain_state)
         return lean, plain
 
-    # each path gets its own copy: Gradio pops an update's value out of the dict it is given
+    # one session each, as a stream's frames follow each other; and each path gets its own
+    # copy of a frame: Gradio pops an update's value out of the dict it is given
+    lean_state, plain_state = SessionState(page), SessionState(page)
     for lean_frame, plain_frame in zip(frames(fn), frames(fn), strict=True):
         lean, plain = asyncio.run(both(lean_frame, plain_frame))
         assert lean == plain, plain_frame
+    # and the long chat went the text path: its bubbles are kept for the next frame
+    assert ("user", "  line 0\n    indented") in TextBubbles._wire_bubbles
 
 
 def test_a_skipped_output_is_not_rebuilt(page: LeanBlocks) -> None:
@@ -89,3 +99,10 @@ def test_a_frame_does_not_search_the_path_for_an_absent_matplotlib(page: LeanBlo
     assert "matplotlib" in sys.modules and sys.modules["matplotlib"] is None
     with pytest.raises(ImportError):
         import matplotlib  # noqa: F401
+
+
+def test_the_browser_draws_the_chat_with_gradios_chatbot(page: LeanBlocks) -> None:
+    """The page names each component's frontend by type: the text-only chat must still be a "chatbot"."""
+    chat = next(component for component in page.get_config_file()["components"]
+                if component.get("props", {}).get("elem_id") == "chat")
+    assert chat["type"] == "chatbot"

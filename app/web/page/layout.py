@@ -15,6 +15,7 @@ import gradio as gr
 
 from app.config import Settings
 from app.web.page.assets import CHAT_LIST_JS
+from app.web.page.lean_blocks import TextChatbot
 
 # The sidebar's chat list as the page shows it (rendered by app/web/page/chat_list.py). It is left
 # out of the API: API clients read the same list as (label, id) choices of the hidden
@@ -134,7 +135,7 @@ def build_layout(settings: Settings) -> PageComponents:
             elem_id="max-new-tokens",
         )
     earlier_button = gr.Button("Show earlier messages", size="sm", visible=False, elem_id="earlier-messages")
-    chatbot = gr.Chatbot(
+    chatbot = TextChatbot(
         label="Chat", elem_id="chat", buttons=["copy", "copy_all"], sanitize_html=True, height="65vh",
         placeholder="Start a new chat below, or open one of yours from the sidebar.", show_label=False,
         editable="user", feedback_options=("Like", "Dislike"),

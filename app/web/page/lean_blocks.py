@@ -1,23 +1,26 @@
-"""Blocks whose streamed frames pay only for the outputs they change (and no import search per frame).
+"""What a streamed frame costs in Gradio, cut to what the frame changes (issue 24).
 
-A streaming handler returns a dict of the components it changes; Gradio fills every
-other output with a bare ``skip()`` (``{"__type__": "update"}``) and then treats that
-empty update like any prop update: it builds a new component from the old one's
-constructor arguments and recomputes its config. For a reply's frame that changes the
-chat and its status, the three outputs it leaves alone (the message box, the chat list
-and its rows) cost about four times what the frame's real content does (measured with
-the page's own send event: 6.1 ms a frame against 1.4 ms when every output carries a
-value), and a reply makes up to 20 frames a second. Rebuilding a component from its own
-arguments changes nothing, so a bare skip is answered here as the client expects it,
-and only the outputs that carry something go through Gradio's postprocessing.
+A reply makes up to 20 frames a second, each through Gradio's postprocessing on the
+event loop. Three costs there bought nothing, measured on the page's own send event:
+
+- every output a frame leaves alone (a bare ``skip()``) was rebuilt: a new component
+  from the old one's arguments and its config recomputed; for the message box, the chat
+  list and its rows that was 6.1 ms of a 20-bubble frame against 1.4 ms when every output
+  carries a value. LeanBlocks answers a bare skip as Gradio would, without the rebuild;
+- the chat itself was serialised bubble by bubble and then walked node by node for files
+  to move into Gradio's cache: 4.4 ms a frame with a long chat (100 bubbles) on screen.
+  TextChatbot serialises each text bubble once and keeps it;
+- Gradio imports matplotlib around every handler call; when it is not installed, each
+  failed import searched the whole path again (see ``skip_absent_matplotlib``).
 """
 
 from __future__ import annotations
 
+import abc
 import copy
 import importlib.util
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 import gradio as gr
 from gradio.blocks import Block, BlockFunction, convert_component_dict_to_list, postprocess_update_dict
@@ -27,6 +30,59 @@ BARE_SKIP: dict[str, str] = {"__type__": "update"}
 
 
 _SKIP_ANSWERS: dict[type, dict[str, Any]] = {}
+BUBBLE_CACHE_SIZE = 8192
+
+
+class TextBubbles:
+    """What makes a Chatbot a TextChatbot: it only ever shows text bubbles (``{"role", "content": str}``),
+    so a frame can skip what only files need.
+
+    Gradio serialises a streamed chat twice over per frame: each bubble through pydantic
+    models, then the whole result walked node by node looking for files to move into its
+    cache, for bubbles that did not change since the last frame. Here each bubble
+    is serialised once, by Gradio's own ``postprocess``, and kept by its role and text; a
+    frame assembles the kept ones. Anything else (files, metadata) goes Gradio's way.
+    A text bubble's serialised form depends on its role and text only, not on the
+    component's props, so the kept bubbles are shared by every page's copy of the chat.
+    """
+
+    _wire_bubbles: ClassVar[dict[tuple[str, str], list[dict[str, Any]]]] = {}
+
+    def get_block_name(self) -> str:
+        """The browser draws it with the Chatbot's own code (it looks components up by this name)."""
+        return "chatbot"
+
+    def get_block_class(self) -> str:
+        return "chatbot"
+
+    @staticmethod
+    def all_text(value: Any) -> bool:
+        return isinstance(value, list) and all(
+            isinstance(bubble, dict) and bubble.keys() == {"role", "content"} and isinstance(bubble["content"], str)
+            and bubble["role"] in ("user", "assistant") for bubble in value
+        )
+
+    def wire_value(self: Any, value: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """The chat as Gradio's ``postprocess(value).model_dump()`` gives it, a bubble at a time."""
+        wire: list[dict[str, Any]] = []
+        for bubble in value:
+            key = (bubble["role"], bubble["content"])
+            cached = self._wire_bubbles.get(key)
+            if cached is None:
+                cached = self.postprocess([bubble]).model_dump()
+                if len(self._wire_bubbles) >= BUBBLE_CACHE_SIZE:
+                    self._wire_bubbles.clear()  # a crude bound: refilling costs one frame's worth
+                self._wire_bubbles[key] = cached
+            # a fresh outer dict per frame: Gradio may annotate what it sends, never the parts
+            wire.extend(dict(part) for part in cached)
+        return wire
+
+
+# built as layout.py builds ChatRows: ComponentMeta would write a .pyi stub into the source
+# tree for any Component subclass; this one adds no events and no constructor
+TextChatbot: type[gr.Chatbot] = abc.ABCMeta.__new__(
+    type(gr.Chatbot), "TextChatbot", (TextBubbles, gr.Chatbot), {"__module__": __name__, "__qualname__": "TextChatbot"},
+)
 
 
 def skip_absent_matplotlib() -> None:
@@ -70,6 +126,9 @@ class LeanBlocks(gr.Blocks):
             return await super().postprocess_data(block_fn, predictions, state)
         # a State's skip is bookkeeping, not a rebuild: Gradio keeps handling those
         kept = [index for index, value in enumerate(predictions) if not is_bare_skip(value) or outputs[index].stateful]
+        chats = {index: predictions[index] for index in kept
+                 if block_fn.postprocess and self.is_plain_text_chat(outputs[index], predictions[index], state)}
+        kept = [index for index in kept if index not in chats]
         if len(kept) == len(outputs):
             return await super().postprocess_data(block_fn, list(predictions), state)
         processed: list[Any] = []
@@ -82,4 +141,24 @@ class LeanBlocks(gr.Blocks):
         result: list[Any] = [skip_answer(block) for block in outputs]
         for index, value in zip(kept, processed, strict=True):
             result[index] = value
+        for index, value in chats.items():
+            result[index] = self.text_chat_frame(outputs[index], value, state)
         return result
+
+    @staticmethod
+    def is_plain_text_chat(block: Block, value: Any, state: SessionState | None) -> bool:
+        """A TextChatbot (or a page's own copy of it) given only text bubbles."""
+        return (isinstance(block, TextBubbles) and state is not None
+                and isinstance(state.get(block._id, block), TextBubbles) and TextBubbles.all_text(value))
+
+    @staticmethod
+    def text_chat_frame(block: Any, value: list[dict[str, str]], state: SessionState | None) -> Any:
+        """What Gradio's plain-value branch does for this output, minus the walk for files that cannot be there."""
+        if state is not None:
+            block = state.get(block._id, block)
+        wire = block.wire_value(value)
+        if state is not None:
+            if block._id not in state:
+                state[block._id] = block
+            state._update_value_in_config(block._id, wire)
+        return wire
