@@ -44,6 +44,7 @@ from app.web.auth_routes import SignupLimiter, build_auth_router
 from app.web.export_route import build_export_router
 from app.web.health import build_health_router
 from app.web.login_cookie import SessionManager
+from app.web.metrics import ServerMetrics, build_metrics_router
 from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web.resources import ServerResources
@@ -106,6 +107,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     the engine when ``serve`` started it before uvicorn (built here otherwise)."""
     holder = ServiceHolder()
     resources = ServerResources()
+    metrics = ServerMetrics(loaded.name, resources)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -141,6 +143,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
             rate_period=settings.rate_period,
             export_dir=export_dir,
             journal=journal,
+            observer=metrics,
         )
         try:
             yield
@@ -176,7 +179,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     app.state.drain = drain
     app.state.announce = announce
 
-    guard = LoginGuard()
+    guard = LoginGuard(on_attempt=metrics.login_attempt)
 
     def repository() -> Repository:
         if holder.service is None:
@@ -200,6 +203,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
         return await resources.sessions.username(request)
 
     app.include_router(build_health_router(resources, loaded.name))
+    app.include_router(build_metrics_router(metrics, settings.metrics_token))
     app.include_router(build_export_router(holder.get, current_username))
     app.include_router(build_auth_router(
         repository, sessions, guard, signup_open=settings.signup == "open",
