@@ -40,6 +40,8 @@ from app.engine.remote_model import load_tokenizer_only
 from app.engine.remote_probe import probe_server
 from app.migrate import upgrade_async
 from app.services.chat import ChatService
+from app.web.admin import ADMIN_PATHS, build_admin_router
+from app.web.admin_figures import FigureSampler
 from app.web.auth_routes import SignupLimiter, build_auth_router
 from app.web.export_route import build_export_router
 from app.web.health import build_health_router
@@ -48,7 +50,7 @@ from app.web.metrics import ServerMetrics, build_metrics_router
 from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web.resources import ServerResources
-from app.web.security import SecurityMiddleware
+from app.web.security import PUBLIC_PATHS, SecurityMiddleware
 from storage.database import Database
 from storage.errors import StorageUnavailable
 from storage.journal import Journal
@@ -108,6 +110,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     holder = ServiceHolder()
     resources = ServerResources()
     metrics = ServerMetrics(loaded.name, resources)
+    sampler = FigureSampler(resources, metrics)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -128,6 +131,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
         await chat_engine.wait_ready()
         sessions = SessionManager(LoginSessions(repository))
         await sessions.prune()
+        sampling = asyncio.create_task(sampler.run(), name="admin-figures")
         resources.database, resources.engine = database, chat_engine
         resources.sessions, resources.journal = sessions, journal
         export_dir = settings.data_dir / "exports-tmp"
@@ -150,6 +154,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
         finally:
             await drain()
             replayer.cancel()
+            sampling.cancel()
             if journal.backlog:
                 try:
                     await journal.replay(repository)
@@ -209,13 +214,16 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
         repository, sessions, guard, signup_open=settings.signup == "open",
         signups=SignupLimiter(limit=settings.signup_limit),
     ))
+    app.include_router(build_admin_router(repository, sessions, guard, sampler, resources, loaded.name))
     # Configuring CORSMiddleware here makes Gradio drop its own CORS layer (which allows
     # any localhost origin with credentials); only origins the operator lists are allowed.
     app.add_middleware(
         CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_credentials=True,
         allow_methods=["GET", "POST"], allow_headers=["*"],
     )
-    app.add_middleware(SecurityMiddleware, logged_in=logged_in, allowed_origins=settings.allowed_origins)
+    # the admin paths answer for themselves: 403 for everyone but an admin, no "please log in" hint
+    app.add_middleware(SecurityMiddleware, logged_in=logged_in, allowed_origins=settings.allowed_origins,
+                       public_paths=(*PUBLIC_PATHS, *ADMIN_PATHS))
 
     blocks = build_ui(holder, settings)
     size_queue(blocks, settings)

@@ -10,23 +10,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.web.metrics import OFF, ServerMetrics, build_metrics_router
 from app.web.resources import ServerResources
-from tests.models import SERVER_CONTEXT, build_tiny_llama
-from tests.page_client import PASSWORD, bubble_texts, client_for, send
-from tests.support import add_user, running_server
+from tests.page_client import bubble_texts, client_for, send
+from tests.web.conftest import METRICS_TOKEN, RATE_LIMIT
 
-TOKEN = "scrape-secret-123"
-RATE_LIMIT = 3
+TOKEN = METRICS_TOKEN
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    model = build_tiny_llama(tmp_path_factory.mktemp("metrics-model"), max_positions=SERVER_CONTEXT)
-    data = tmp_path_factory.mktemp("metrics-data")
-    env = {"CHAT_METRICS_TOKEN": TOKEN, "CHAT_RATE_LIMIT": str(RATE_LIMIT), "CHAT_MAX_NEW_TOKENS": "1900"}
-    with running_server(data, str(model), **env) as process:
-        for name in ("alice", "bob", "carol"):
-            add_user(data, name, PASSWORD)
-        yield process
+def server(team_lead_server):
+    return team_lead_server
 
 
 def scrape(server) -> dict[tuple[str, frozenset], float]:
