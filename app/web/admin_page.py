@@ -23,7 +23,7 @@ h2{font-size:1.05rem;margin:24px 0 8px}.muted{color:var(--muted)}
 .card h3{font-size:.9rem;margin:0 0 4px;font-weight:600}.card .now{font-size:.85rem;color:var(--muted)}
 svg{width:100%;height:120px;display:block}svg .axis{stroke:var(--line);stroke-width:1}
 svg text{fill:var(--muted);font-size:9px}.s1{stroke:var(--c1)}.s2{stroke:var(--c2)}
-svg polyline{fill:none;stroke-width:1.6;vector-effect:non-scaling-stroke}
+svg polyline{fill:none;stroke-width:1.6;vector-effect:non-scaling-stroke}.dot1{fill:var(--c1)}.dot2{fill:var(--c2)}
 .key1{color:var(--c1)}.key2{color:var(--c2)}
 .facts{display:flex;flex-wrap:wrap;gap:8px 20px;margin:8px 0}.facts b{font-variant-numeric:tabular-nums}
 .scroll{overflow-x:auto}table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
@@ -79,10 +79,12 @@ async function load() {
   fill('#audit', d.audit, (x) => [when(x.at), x.actor, x.action, x.target, x.detail]);
 }
 function plot(svg, samples, keys, unit) {
-  const W = 300, H = 100, now = Date.now() / 1000, start = now - 3600;
+  // the span the samples cover (at least 5 minutes, at most the hour kept), so a fresh start is readable
+  const W = 300, H = 100, now = Date.now() / 1000, first = samples.length ? samples[0].at : now;
+  const span = Math.min(3600, Math.max(300, now - first)), start = now - span;
   const values = samples.flatMap((s) => keys.map((k) => s[k])).filter((v) => v !== null);
   const top = Math.max(1, ...values) * 1.15;
-  const x = (t) => ((t - start) / 3600 * W).toFixed(1), y = (v) => (H - v / top * H).toFixed(1);
+  const x = (t) => ((t - start) / span * W).toFixed(1), y = (v) => (H - v / top * H).toFixed(1);
   svg.setAttribute('viewBox', '0 0 ' + W + ' ' + (H + 12)); svg.setAttribute('preserveAspectRatio', 'none');
   svg.replaceChildren();
   const ns = 'http://www.w3.org/2000/svg', mk = (tag, attrs) => { const e = document.createElementNS(ns, tag);
@@ -90,10 +92,12 @@ function plot(svg, samples, keys, unit) {
   svg.append(mk('line', {x1: 0, y1: H, x2: W, y2: H, class: 'axis'}));
   const label = (tx, ty, text, anchor) => { const t = mk('text', {x: tx, y: ty, 'text-anchor': anchor || 'start'});
     t.textContent = text; svg.append(t); };
-  label(2, 9, (top / 1.15).toFixed(top < 10 ? 1 : 0) + ' ' + unit); label(0, H + 11, '−60 min');
-  label(W, H + 11, 'now', 'end');
+  label(2, 9, (top / 1.15).toFixed(top < 10 ? 1 : 0) + ' ' + unit);
+  label(0, H + 11, '−' + Math.round(span / 60) + ' min'); label(W, H + 11, 'now', 'end');
   keys.forEach((k, i) => { const pts = samples.filter((s) => s[k] !== null).map((s) => x(s.at) + ',' + y(s[k]));
-    if (pts.length) svg.append(mk('polyline', {points: pts.join(' '), class: 's' + (i + 1)})); });
+    if (pts.length) svg.append(mk('polyline', {points: pts.join(' '), class: 's' + (i + 1)}));
+    const [px, py] = (pts[pts.length - 1] || '').split(',');  // the latest point, visible even when alone
+    if (px) svg.append(mk('circle', {cx: px, cy: py, r: 2, class: 'dot' + (i + 1)})); });
 }
 function latest(samples, k) { const s = samples[samples.length - 1]; return s && s[k] !== null ? s[k] : '—'; }
 async function tick() {
@@ -112,7 +116,8 @@ async function tick() {
     facts.append(p); };
   fact('status', h.status); fact('model', h.model); fact('database', h.database);
   fact('journal waiting', h.journal ? h.journal.waiting : 0);
-  for (const [k, v] of Object.entries(f.outcomes)) fact('replies ' + k, v);
+  const ended = Object.entries(f.outcomes).map(([k, v]) => k + ' ' + v).join(' · ');
+  fact('replies since start', ended || 'none yet');
   $('#updated').textContent = 'updated ' + new Date().toLocaleTimeString();
 }
 $('#days').onchange = load;
