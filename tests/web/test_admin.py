@@ -54,6 +54,7 @@ def test_an_admin_manages_a_user_through_the_clis_rules_and_each_action_is_audit
     def act(action: str, **form: str) -> httpx.Response:
         return admin.post(f"/admin/users/{action}", data=form)
 
+    assert admin.get("/admin/users/add").status_code == 405 and admin.post("/admin/data").status_code == 405
     weak = act("add", name="newbie", password="password")
     assert weak.status_code == 400 and weak.json()["error"].startswith("Nothing changed:")
     assert "newbie" not in usernames(admin)
