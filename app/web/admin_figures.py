@@ -10,6 +10,7 @@ restart starts the plots afresh.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -17,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 from app.web.metrics import ServerMetrics
 from app.web.resources import ServerResources
+
+log = logging.getLogger(__name__)
 
 SAMPLE_SECONDS = 5.0
 KEEP_SECONDS = 3600.0
@@ -74,7 +77,10 @@ class FigureSampler:
     async def run(self) -> None:
         """The background task (the server's lifespan starts and cancels it)."""
         while True:
-            self.sample()
+            try:
+                self.sample()
+            except Exception:  # one bad reading must not end the plots for the rest of the run
+                log.exception("sampling the engine for the admin page failed")
             await asyncio.sleep(self.interval)
 
     def figures(self) -> dict[str, object]:
