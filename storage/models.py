@@ -191,3 +191,42 @@ class AdminAudit(Base):
     action: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(USERNAME_MAX))
     detail: Mapped[str] = mapped_column(String(AUDIT_DETAIL_MAX), default="")
+
+
+SHARE_ID_MAX = 64
+
+
+class ShareLink(Base):
+    """A link a tester handed out to a frozen copy of one chat (the copy: :class:`ShareSnapshot`).
+
+    The id is random (``secrets.token_urlsafe``), never derived from the chat's id, so a
+    link cannot be guessed from anything a tester sees. The source chat may be deleted
+    later (its id becomes NULL) without touching what was shared; a revoked link keeps
+    its row, so it can say it was revoked, but loses its snapshot.
+    """
+
+    __tablename__ = "share_links"
+    __table_args__ = (
+        Index("ix_share_links_user_created", "user_id", "created_at"),
+        Index("ix_share_links_conversation", "conversation_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(SHARE_ID_MAX), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    conversation_id: Mapped[str | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), nullable=True
+    )
+    title: Mapped[str] = mapped_column(String(TITLE_MAX))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ShareSnapshot(Base):
+    """What a share link shows: the branch on screen when it was shared, token ids included, as JSON."""
+
+    __tablename__ = "share_snapshots"
+
+    link_id: Mapped[str] = mapped_column(ForeignKey("share_links.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_MAX))
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)

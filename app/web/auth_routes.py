@@ -214,6 +214,8 @@ def build_auth_router(
         return (
             f"<p>Signed in as <b>{name}</b>. <a href=\"/\">Back to the chat</a></p>"
             + message(error) + message(note, "ok")
+            + '<h2>Shared chats</h2><p><a href="/account/shares" id="share-links">Your share links</a>: '
+            "see and revoke the links to chats you shared.</p>"
             + '<h2>Change password</h2><form method="post" action="/account/password">'
             '<label>Current password<input name="current" type="password" required maxlength="1024" '
             'autocomplete="current-password"></label>'

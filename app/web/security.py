@@ -12,14 +12,16 @@
   fetched from elsewhere, no framing, forms post only here.
 - The page takes no files, so Gradio's upload routes are refused.
 - FastAPI's schema and docs are off (404).
-- Nothing answers without a login except the login, sign-up and log-out pages and
-  ``/healthz``: the chat page sends people to the login page, every other route
+- Nothing answers without a login except the login, sign-up and log-out pages,
+  ``/healthz`` and the routes that check logins themselves (a share link's three routes,
+  matched whole): the chat page sends people to the login page, every other route
   (Gradio's API, ``/gradio_api/cancel``, its assets and schema) answers 401.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import quote, urlsplit
 
@@ -97,12 +99,19 @@ class SecurityMiddleware:
         allowed_origins: Iterable[str] = (),
         page_paths: Iterable[str] = ("/",),
         public_paths: Iterable[str] = PUBLIC_PATHS,
+        own_login_check: str = "",
     ) -> None:
         self.app = app
         self.logged_in = logged_in
         self.allowed_origins = {o for o in (normalise_origin(x) for x in allowed_origins) if o}
         self.page_paths = set(page_paths)
         self.public_paths = set(public_paths)
+        # a pattern of whole paths whose routes decide about logins themselves (share links:
+        # CHAT_PUBLIC_SHARES); whole paths, so nothing else mounted at "/" slips through with them
+        self.own_login_check = re.compile(own_login_check) if own_login_check else None
+
+    def checks_login_itself(self, path: str) -> bool:
+        return self.own_login_check is not None and self.own_login_check.fullmatch(path) is not None
 
     def origin_allowed(self, origin: str, host: str | None) -> bool:
         normal = normalise_origin(origin)
@@ -144,7 +153,10 @@ class SecurityMiddleware:
             response = PlainTextResponse("This server accepts no file uploads.", 403)
             await self._answer(scope, receive, send, response)
             return
-        if (path.rstrip("/") or "/") not in self.public_paths and not await self.logged_in(Request(scope)):
+        if (
+            (path.rstrip("/") or "/") not in self.public_paths and not self.checks_login_itself(path)
+            and not await self.logged_in(Request(scope))
+        ):
             if method in ("GET", "HEAD") and path in self.page_paths:
                 target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                 response = RedirectResponse("/login?next=" + quote(target, safe=""), 303)

@@ -40,6 +40,7 @@ from app.engine.remote_model import load_tokenizer_only
 from app.engine.remote_probe import probe_server
 from app.migrate import upgrade_async
 from app.services.chat import ChatService
+from app.services.shares import ShareService
 from app.web.admin import ADMIN_PATHS, build_admin_router
 from app.web.admin_figures import FigureSampler
 from app.web.auth_routes import SignupLimiter, build_auth_router
@@ -51,6 +52,7 @@ from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web.resources import ServerResources
 from app.web.security import PUBLIC_PATHS, SecurityMiddleware
+from app.web.share_routes import SHARE_PATHS, build_share_router
 from storage.database import Database
 from storage.errors import StorageUnavailable
 from storage.journal import Journal
@@ -215,6 +217,9 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
         signups=SignupLimiter(limit=settings.signup_limit),
     ))
     app.include_router(build_admin_router(repository, sessions, guard, sampler, resources, loaded.name))
+    app.include_router(build_share_router(
+        lambda: ShareService(repository()), sessions, public=settings.public_shares
+    ))
     # Configuring CORSMiddleware here makes Gradio drop its own CORS layer (which allows
     # any localhost origin with credentials); only origins the operator lists are allowed.
     app.add_middleware(
@@ -223,7 +228,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     )
     # the admin paths answer for themselves: 403 for everyone but an admin, no "please log in" hint
     app.add_middleware(SecurityMiddleware, logged_in=logged_in, allowed_origins=settings.allowed_origins,
-                       public_paths=(*PUBLIC_PATHS, *ADMIN_PATHS))
+                       public_paths=(*PUBLIC_PATHS, *ADMIN_PATHS), own_login_check=SHARE_PATHS)
 
     blocks = build_ui(holder, settings)
     size_queue(blocks, settings)

@@ -16,8 +16,7 @@ from alembic import op
 from storage.models import UTCDateTime
 
 revision: str = "0008"
-# TODO(merge): "0007" (share links) once both branches are merged; "0006" only while 0007 is elsewhere
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

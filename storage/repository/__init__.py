@@ -8,7 +8,7 @@ query that finds the row: another user's conversation is simply "not found".
 One module per table or seam: records.py (what goes in and out), checks.py (what is
 refused, and why), convert.py (rows <-> records), base.py (the shared state and
 owner-scoped lookups), then users, login_sessions, conversations, search, messages,
-ratings and transfer (import and export). The search limits ``SEARCH_TIMEOUT_SECONDS``
+ratings, transfer (import and export) and shares. The search limits ``SEARCH_TIMEOUT_SECONDS``
 and ``SCAN_UP_TO_MESSAGES`` are read from ``storage.repository.search`` and are
 deliberately not re-exported here: patching a copy here would change nothing.
 """
@@ -45,6 +45,7 @@ from storage.repository.records import (
     UserRecord,
 )
 from storage.repository.search import SearchStore
+from storage.repository.shares import SharedChat, SharedMessage, ShareLinkRecord, ShareStore
 from storage.repository.transfer import EXPORT_BATCH, TransferStore
 from storage.repository.usage import AccountRow, RatingsRow, UsageRow, UsageStore
 from storage.repository.users import UserStore
@@ -68,6 +69,9 @@ __all__ = [
     "RatingRecord",
     "RatingsRow",
     "Repository",
+    "ShareLinkRecord",
+    "SharedChat",
+    "SharedMessage",
     "UsageRow",
     "UserRecord",
     "check_rating",
@@ -82,6 +86,7 @@ __all__ = [
 class Repository(
     UserStore, LoginSessionStore, ConversationStore, SearchStore, MessageStore, RatingStore, TransferStore,
     AuditStore, UsageStore,
+    ShareStore,
 ):
     """The storage API. Construct once per process over a :class:`Database`.
 

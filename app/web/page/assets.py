@@ -253,8 +253,8 @@ TOGGLE_THEME_JS = """
 # itself, so they survive every re-render of its rows. A row opens its chat
 # ("open_chat"); its ⋯ button opens one shared menu: Rename (in place: Enter or leaving
 # the box saves, Escape cancels; "rename_chat"), Pin/Unpin ("pin_chat"), two export
-# links (one click; the page script downloads them, see PAGE_JS) and Delete, which asks in a dialog
-# that names the chat before it sends "delete_chat". Titles are only ever set as text.
+# links (one click; the page script downloads them, see PAGE_JS), Share ("share_chat") and
+# Delete, which asks in a dialog that names the chat before it sends "delete_chat". Titles are only ever set as text.
 CHAT_LIST_JS = f"""
 const host = element.closest('.gradio-container') || document.body;
 document.querySelectorAll('#chat-row-menu, #delete-dialog').forEach((old) => old.remove());
@@ -299,6 +299,7 @@ const openMenu = (row, button) => {{
     menuItem(row.dataset.pinned === 'true' ? 'Unpin' : 'Pin to the top', 'pin'),
     menuItem('Export JSON', 'export', exportLink(id, 'json')),
     menuItem('Export Markdown', 'export', exportLink(id, 'md')),
+    menuItem('Share (read-only link)', 'share'),
     menuItem('Delete…', 'delete'),
   );
   menuRow = row;
@@ -381,6 +382,7 @@ menu.addEventListener('click', (event) => {{
   if (item.dataset.action === 'rename') startRename(row);
   if (item.dataset.action === 'pin') trigger('pin_chat', {{id: row.dataset.id, pinned: row.dataset.pinned !== 'true'}});
   if (item.dataset.action === 'delete') askDelete(row);
+  if (item.dataset.action === 'share') trigger('share_chat', {{id: row.dataset.id}});
 }});
 dialog.querySelector('.delete-cancel').addEventListener('click', () => dialog.close());
 dialog.querySelector('.delete-confirm').addEventListener('click', () => {{

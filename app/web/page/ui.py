@@ -24,8 +24,10 @@ from app.web.page.handlers.chat_list import ChatListHandlers
 from app.web.page.handlers.context import PageContext
 from app.web.page.handlers.rating import RatingHandlers
 from app.web.page.handlers.reply import ReplyHandlers
+from app.web.page.handlers.share import ShareHandlers
 from app.web.page.handlers.view import ViewHandlers
 from app.web.page.layout import build_layout
+from app.web.page.lean_blocks import LeanBlocks, skip_absent_matplotlib
 from app.web.page.service_holder import ServiceHolder
 from app.web.page.transcript import PENDING_NOTE, message_bubble
 from app.web.page.wiring import REPLY_EVENTS, PageHandlers, wire
@@ -36,13 +38,14 @@ __all__ = ["PENDING_NOTE", "REPLY_EVENTS", "ServiceHolder", "build_ui", "message
 
 def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
     """The chat page. Wiring only: each handler calls one ChatService method."""
-    with gr.Blocks(title="Team Chat", delete_cache=(600, 3600)) as demo:
+    skip_absent_matplotlib()
+    with LeanBlocks(title="Team Chat", delete_cache=(600, 3600)) as demo:
         page = build_layout(settings)
         context = PageContext.create(holder, page, settings)
         lists = ChatListHandlers(context)
         handlers = PageHandlers(
             view=ViewHandlers(context, lists), lists=lists, reply=ReplyHandlers(context, lists),
-            rating=RatingHandlers(context),
+            rating=RatingHandlers(context), share=ShareHandlers(context),
         )
         wire(demo, page, handlers)
     return demo

@@ -20,6 +20,7 @@ from app.web.page.assets import NEW_CHAT_JS, PICKED_VERSION_JS, SET_ADDRESS_JS, 
 from app.web.page.handlers.chat_list import ChatListHandlers
 from app.web.page.handlers.rating import RatingHandlers
 from app.web.page.handlers.reply import ReplyHandlers
+from app.web.page.handlers.share import ShareHandlers
 from app.web.page.handlers.view import ViewHandlers
 from app.web.page.layout import PageComponents
 
@@ -33,6 +34,7 @@ class PageHandlers:
     lists: ChatListHandlers
     reply: ReplyHandlers
     rating: RatingHandlers
+    share: ShareHandlers
 
 
 QUICK: dict[str, Any] = {"api_name": False, "queue": False, "show_progress": "hidden"}
@@ -47,6 +49,7 @@ def wire(demo: gr.Blocks, page: PageComponents, handlers: PageHandlers) -> None:
     graph.rating_events()
     graph.stop_and_undo()
     graph.comment_row_closing()
+    graph.share_events()
 
 
 class EventGraph:
@@ -190,3 +193,10 @@ class EventGraph:
         """A comment box left open belongs to the chat it was opened in."""
         for opened in (self.page.chat_rows.open_chat, self.page.new_chat_button.click):
             opened(lambda: gr.update(visible=False), None, self.page.rating_row, api_name=False, queue=False)
+
+    def share_events(self) -> None:
+        """A row's "Share": a read-only link to that chat, shown in the status line (last: no fn_index moves)."""
+        page = self.page
+        page.chat_rows.share_chat(self.picked_row, None, [page.row_id, page.row_title, page.row_pinned], **QUICK).then(
+            self.handlers.share.on_share, [page.row_id], [page.status], api_name="share", show_progress="hidden",
+        )
