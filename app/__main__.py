@@ -14,7 +14,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from app.accounts.passwords import WeakPassword, check_password_strength, hash_password
+from app.accounts import user_admin
+from app.accounts.passwords import WeakPassword
 from app.config import Settings
 from app.migrate import upgrade
 from app.services.export_formats import FORMATS, import_json, write_export
@@ -82,16 +83,14 @@ async def run_users(args: argparse.Namespace, repository: Repository) -> None:
             print(f"{user.username}\t{role}\tsince {user.created_at:%Y-%m-%d}")
     elif args.users_command == "add":
         password = read_password(args.password_stdin)
-        check_password_strength(password, args.name)
-        await repository.create_user(args.name, hash_password(password), is_admin=args.admin)
+        await user_admin.add_user(repository, user_admin.CLI_ACTOR, args.name, password, admin=args.admin)
         print(f"added {'admin' if args.admin else 'user'} {args.name}")
     elif args.users_command == "set-password":
         password = read_password(args.password_stdin)
-        check_password_strength(password, args.name)
-        await repository.set_password(args.name, hash_password(password))
+        await user_admin.reset_password(repository, user_admin.CLI_ACTOR, args.name, password)
         print(f"password changed for {args.name}")
     elif args.users_command == "remove":
-        await repository.delete_user(args.name)
+        await user_admin.remove_user(repository, user_admin.CLI_ACTOR, args.name)
         print(f"removed {args.name} and their conversations")
 
 

@@ -66,6 +66,7 @@ class Settings:
     engine_model: str = ""  # the model name sent with the OpenAI protocol; default: what the server lists
     engine_wait_seconds: float = 30.0
     engine_timeout: float = 120.0
+    metrics_token: str = ""  # empty: /metrics is off; else scrapes send "Authorization: Bearer <token>"
     public_shares: bool = False  # share links readable without a login (CHAT_PUBLIC_SHARES=1)
 
     @classmethod
@@ -107,6 +108,7 @@ class Settings:
             engine_model=(env.get("CHAT_ENGINE_MODEL") or "").strip(),
             engine_wait_seconds=_float(env, "CHAT_ENGINE_WAIT_SECONDS", 30.0),
             engine_timeout=_float(env, "CHAT_ENGINE_TIMEOUT", 120.0),
+            metrics_token=(env.get("CHAT_METRICS_TOKEN") or "").strip(),
             public_shares=_flag(env, "CHAT_PUBLIC_SHARES", False),
         )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -110,7 +111,9 @@ def _free_bytes(database_file: str) -> int:
 
 
 @asynccontextmanager
-async def _translated(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+async def _translated(
+    maker: async_sessionmaker[AsyncSession], faults: Counter[str]
+) -> AsyncIterator[AsyncSession]:
     """A session whose driver failures surface as :class:`StorageUnavailable`.
 
     The driver's text names tables, parameters (a tester's message) and addresses:
@@ -126,6 +129,7 @@ async def _translated(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[
         if reason is None:
             raise
         log.error("database unavailable (%s): %s", reason, error)
+        faults[reason] += 1
         raise StorageUnavailable(reason) from error
 
 
@@ -134,6 +138,8 @@ class Database:
 
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = url
+        # database errors by reason since start (the server's metrics read them)
+        self.faults: Counter[str] = Counter()
         self.engine = create_engine(url, **engine_kwargs)
         self._reader: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writer: async_sessionmaker[AsyncSession] = async_sessionmaker(
@@ -141,10 +147,10 @@ class Database:
         )
 
     def reader(self) -> AbstractAsyncContextManager[AsyncSession]:
-        return _translated(self._reader)
+        return _translated(self._reader, self.faults)
 
     def writer(self) -> AbstractAsyncContextManager[AsyncSession]:
-        return _translated(self._writer)
+        return _translated(self._writer, self.faults)
 
     async def check_writable(self) -> None:
         """Raise StorageUnavailable unless a write would be accepted now.

@@ -30,6 +30,7 @@ TITLE_MAX = 200
 MODEL_NAME_MAX = 200
 SESSION_HASH_LENGTH = 64  # hex SHA-256
 RATING_COMMENT_MAX = 200
+AUDIT_DETAIL_MAX = 200
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -172,6 +173,24 @@ class Rating(Base):
     comment: Mapped[str | None] = mapped_column(String(RATING_COMMENT_MAX), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AdminAudit(Base):
+    """One admin action (who, what, on whom, when), kept for the admin page.
+
+    Names, not user ids: the record of removing a user must outlive that user (and
+    an admin removed later stays named in what they did).
+    """
+
+    __tablename__ = "admin_audit"
+    __table_args__ = (Index("ix_admin_audit_created", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(USERNAME_MAX))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(USERNAME_MAX))
+    detail: Mapped[str] = mapped_column(String(AUDIT_DETAIL_MAX), default="")
 
 
 SHARE_ID_MAX = 64

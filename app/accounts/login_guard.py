@@ -87,7 +87,12 @@ class _FailureCounts:
 class LoginGuard:
     """Decides whether a login attempt may be checked, and runs the checks' hashing."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, capacity: int = MAX_TRACKED_KEYS) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, capacity: int = MAX_TRACKED_KEYS,
+        on_attempt: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
+        # hears "ok", "failed" or "throttled" per attempt (the server's metrics); knows no metrics library
+        self.on_attempt = on_attempt
         self.per_address = _FailureCounts(capacity, FREE_FAILURES_PER_ADDRESS, clock)
         self.per_pair = _FailureCounts(capacity, FREE_FAILURES_PER_PAIR, clock)
         self._hashing = Slots(MAX_CONCURRENT_HASHES, max_waiting=MAX_WAITING_HASHES)
@@ -100,6 +105,7 @@ class LoginGuard:
         pair = (username.casefold(), address)
         wait = max(self.per_address.wait_seconds(address), self.per_pair.wait_seconds(pair))
         if wait > 0:
+            self.on_attempt("throttled")
             seconds = math.ceil(wait)
             raise Throttled(
                 f"Too many failed logins from your address. Wait {seconds} second{'s' * (seconds != 1)} "
@@ -108,10 +114,12 @@ class LoginGuard:
             )
 
     def failed(self, username: str, address: str) -> None:
+        self.on_attempt("failed")
         self.per_address.fail(address)
         self.per_pair.fail((username.casefold(), address))
 
     def succeeded(self, username: str, address: str) -> None:
+        self.on_attempt("ok")
         self.per_pair.forget((username.casefold(), address))
 
     async def hash_in_turn(self, function: Callable[..., object], *args: object) -> object:

@@ -17,6 +17,7 @@ from typing import Any
 
 from app.engine import GenerationResult, GenerationStream, PromptFormat, SamplingParams
 from app.engine.detokenize import shown_prefix
+from app.services.observer import NO_OBSERVER, ReplyObserver
 from app.services.rules import valid_text
 from storage.errors import InvalidInput, NotFound, StorageUnavailable
 from storage.journal import Journal, PendingReply
@@ -57,10 +58,14 @@ def finish_reason(result: GenerationResult | None, ending: str) -> str:
 class ReplyStore:
     """Turns an ended reply into a stored message, or a journaled one when the database refuses."""
 
-    def __init__(self, repository: Repository, journal: Journal, prompt_format: PromptFormat) -> None:
+    def __init__(
+        self, repository: Repository, journal: Journal, prompt_format: PromptFormat,
+        observer: ReplyObserver = NO_OBSERVER,
+    ) -> None:
         self.repository = repository
         self.journal = journal
         self.prompt_format = prompt_format
+        self.observer = observer
 
     async def persist(
         self, reply: LiveReply, params: SamplingParams, dropped_turns: int, ending: str
@@ -75,6 +80,7 @@ class ReplyStore:
                 async with asyncio.timeout(WAIT_FOR_RESULT_SECONDS):
                     result = await reply.stream.final()
         message = self._message(reply, result, params, dropped_turns, ending)
+        self.observer.reply_finished(message.finish_reason or "error", result)
         return await self._store(reply, message)
 
     def _message(

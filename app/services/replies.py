@@ -32,11 +32,13 @@ from app.services.errors import (
     ChatError,
     ConversationNotFound,
     MessageNotFound,
+    RateLimited,
     database_faults,
 )
 from app.services.events import ChatEvent
 from app.services.history import history_turns
 from app.services.judgments import JudgmentsMixin, stored_message
+from app.services.observer import BUSY, RATE_LIMITED
 from app.services.persist import LiveReply
 from app.services.rules import ChatOptions, check_message_text, interrupted, title_from
 from storage.errors import InvalidInput, NotFound, StorageUnavailable
@@ -202,8 +204,12 @@ class RepliesMixin(JudgmentsMixin):
         """
         if conversation is not None:
             self._live.refuse_if_replying(conversation.id)
-        check_capacity(self.engine)
-        await self._message_throttle.admit(username or "")
+        try:
+            check_capacity(self.engine)
+            await self._message_throttle.admit(username or "")
+        except (Busy, RateLimited) as refusal:
+            self.observer.reply_refused(BUSY if isinstance(refusal, Busy) else RATE_LIMITED)
+            raise
         if conversation is not None:
             await self._settle(conversation.id)
 
@@ -271,4 +277,5 @@ class RepliesMixin(JudgmentsMixin):
                 # nothing may be left half-done: the message goes back to the tester
                 with contextlib.suppress(StorageUnavailable, NotFound):
                     await take_back()
+            self.observer.reply_refused(BUSY)
             raise engine_refusal(action, error) from None

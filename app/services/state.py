@@ -13,6 +13,7 @@ from pathlib import Path
 from app.engine import ChatEngine, PromptFormat
 from app.services.errors import CANNOT_READ, ChatError, database_faults
 from app.services.limits import SearchGate
+from app.services.observer import NO_OBSERVER, ReplyObserver
 from app.services.persist import ReplyStore
 from app.services.reply_stream import LiveReplies
 from app.services.throttle import MessageThrottle
@@ -37,6 +38,7 @@ class ServiceState:
         rate_period: float = 60.0,
         export_dir: Path | None = None,
         journal: Journal | None = None,
+        observer: ReplyObserver = NO_OBSERVER,
     ) -> None:
         self.repository = repository
         self.journal = journal or Journal(None)
@@ -50,8 +52,9 @@ class ServiceState:
         self.export_dir = export_dir or Path(tempfile.mkdtemp(prefix="chat-exports-"))
         self._message_throttle = MessageThrottle(rate_limit, rate_period)
         self._searches = SearchGate()
+        self.observer = observer  # hears how replies end (the server's metrics)
         # replies being generated, by conversation id: one at a time per chat
-        self._live = LiveReplies(engine, ReplyStore(repository, self.journal, prompt_format))
+        self._live = LiveReplies(engine, ReplyStore(repository, self.journal, prompt_format, observer))
 
     async def user_id(self, username: str | None) -> int:
         """Looked up on every call (one indexed query), so a user removed by the CLI is gone at once."""

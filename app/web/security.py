@@ -60,7 +60,7 @@ SECURITY_HEADERS = {
 }
 # FastAPI's schema and docs (Gradio's mounted app has its own): a map of every route, for no one
 SCHEMA_PATHS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/gradio_api/openapi.json")
-PUBLIC_PATHS = ("/login", "/signup", "/logout", "/healthz")
+PUBLIC_PATHS = ("/login", "/signup", "/logout", "/healthz", "/metrics")  # /metrics checks its own bearer token
 UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/process_recording")
 DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 

@@ -41,14 +41,17 @@ from app.engine.remote_probe import probe_server
 from app.migrate import upgrade_async
 from app.services.chat import ChatService
 from app.services.shares import ShareService
+from app.web.admin import ADMIN_PATHS, build_admin_router
+from app.web.admin_figures import FigureSampler
 from app.web.auth_routes import SignupLimiter, build_auth_router
 from app.web.export_route import build_export_router
 from app.web.health import build_health_router
 from app.web.login_cookie import SessionManager
+from app.web.metrics import ServerMetrics, build_metrics_router
 from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web.resources import ServerResources
-from app.web.security import SecurityMiddleware
+from app.web.security import PUBLIC_PATHS, SecurityMiddleware
 from app.web.share_routes import SHARE_PATHS, build_share_router
 from storage.database import Database
 from storage.errors import StorageUnavailable
@@ -108,6 +111,8 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     the engine when ``serve`` started it before uvicorn (built here otherwise)."""
     holder = ServiceHolder()
     resources = ServerResources()
+    metrics = ServerMetrics(loaded.name, resources)
+    sampler = FigureSampler(resources, metrics)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -128,6 +133,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
         await chat_engine.wait_ready()
         sessions = SessionManager(LoginSessions(repository))
         await sessions.prune()
+        sampling = asyncio.create_task(sampler.run(), name="admin-figures")
         resources.database, resources.engine = database, chat_engine
         resources.sessions, resources.journal = sessions, journal
         export_dir = settings.data_dir / "exports-tmp"
@@ -143,12 +149,14 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
             rate_period=settings.rate_period,
             export_dir=export_dir,
             journal=journal,
+            observer=metrics,
         )
         try:
             yield
         finally:
             await drain()
             replayer.cancel()
+            sampling.cancel()
             if journal.backlog:
                 try:
                     await journal.replay(repository)
@@ -178,7 +186,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     app.state.drain = drain
     app.state.announce = announce
 
-    guard = LoginGuard()
+    guard = LoginGuard(on_attempt=metrics.login_attempt)
 
     def repository() -> Repository:
         if holder.service is None:
@@ -202,11 +210,13 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
         return await resources.sessions.username(request)
 
     app.include_router(build_health_router(resources, loaded.name))
+    app.include_router(build_metrics_router(metrics, settings.metrics_token))
     app.include_router(build_export_router(holder.get, current_username))
     app.include_router(build_auth_router(
         repository, sessions, guard, signup_open=settings.signup == "open",
         signups=SignupLimiter(limit=settings.signup_limit),
     ))
+    app.include_router(build_admin_router(repository, sessions, guard, sampler, resources, loaded.name))
     app.include_router(build_share_router(
         lambda: ShareService(repository()), sessions, public=settings.public_shares
     ))
@@ -216,10 +226,9 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
         CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_credentials=True,
         allow_methods=["GET", "POST"], allow_headers=["*"],
     )
-    app.add_middleware(
-        SecurityMiddleware, logged_in=logged_in, allowed_origins=settings.allowed_origins,
-        own_login_check=SHARE_PATHS,
-    )
+    # the admin paths answer for themselves: 403 for everyone but an admin, no "please log in" hint
+    app.add_middleware(SecurityMiddleware, logged_in=logged_in, allowed_origins=settings.allowed_origins,
+                       public_paths=(*PUBLIC_PATHS, *ADMIN_PATHS), own_login_check=SHARE_PATHS)
 
     blocks = build_ui(holder, settings)
     size_queue(blocks, settings)

@@ -15,6 +15,7 @@ deliberately not re-exported here: patching a copy here would change nothing.
 
 from __future__ import annotations
 
+from storage.repository.audit import AuditRecord, AuditStore
 from storage.repository.checks import (
     INT32_MAX,
     RATING_NAMES,
@@ -46,6 +47,7 @@ from storage.repository.records import (
 from storage.repository.search import SearchStore
 from storage.repository.shares import SharedChat, SharedMessage, ShareLinkRecord, ShareStore
 from storage.repository.transfer import EXPORT_BATCH, TransferStore
+from storage.repository.usage import AccountRow, RatingsRow, UsageRow, UsageStore
 from storage.repository.users import UserStore
 
 __all__ = [
@@ -56,6 +58,8 @@ __all__ = [
     "RATING_VALUES",
     "ROLES",
     "SEARCH_MAX_CHARS",
+    "AccountRow",
+    "AuditRecord",
     "ConversationRecord",
     "ConversationSummary",
     "ImportedConversation",
@@ -63,10 +67,12 @@ __all__ = [
     "MessageRecord",
     "NewMessage",
     "RatingRecord",
+    "RatingsRow",
     "Repository",
     "ShareLinkRecord",
     "SharedChat",
     "SharedMessage",
+    "UsageRow",
     "UserRecord",
     "check_rating",
     "check_search",
@@ -79,6 +85,7 @@ __all__ = [
 
 class Repository(
     UserStore, LoginSessionStore, ConversationStore, SearchStore, MessageStore, RatingStore, TransferStore,
+    AuditStore, UsageStore,
     ShareStore,
 ):
     """The storage API. Construct once per process over a :class:`Database`.

@@ -92,3 +92,9 @@ class UserStore(RepositoryBase):
             # explicit, though the foreign key cascades too: no login outlives its user
             await session.execute(delete(LoginSession).where(LoginSession.user_id == user_id))
             await session.execute(delete(User).where(User.id == user_id))
+
+    async def set_admin(self, username: str, is_admin: bool) -> None:
+        """Make a user an admin or a tester again; their logins stay (the flag is read on every request)."""
+        async with self.database.writer() as session, session.begin():
+            user_id = await self._existing_user_id(session, username)
+            await session.execute(update(User).where(User.id == user_id).values(is_admin=is_admin))

@@ -23,7 +23,10 @@ from storage.repository import NewMessage, Repository
 from storage.search_index import include_object, is_index_table
 from storage.tokens import pack_token_ids, unpack_token_ids
 
-APP_TABLES = {"users", "conversations", "messages", "login_sessions", "ratings", "share_links", "share_snapshots"}
+APP_TABLES = {
+    "users", "conversations", "messages", "login_sessions", "ratings", "admin_audit", "share_links",
+    "share_snapshots",
+}
 
 
 async def schema(url: str) -> tuple[set[str], list[str]]:
