@@ -1,0 +1,267 @@
+"""Issue 23: places where the login layer trusted the network or the page more than it should,
+tried against the real server with real clients (httpx, raw sockets, gradio_client)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.accounts.login_guard import FREE_FAILURES_PER_ADDRESS, FREE_FAILURES_PER_DEVICE, FREE_FAILURES_PER_PAIR
+from app.config import sqlite_url
+from app.web.device_cookie import COOKIE_PREFIX
+from app.web.login_gate import LOGINS_AT_ONCE_PER_ADDRESS
+from tests.models import SERVER_CONTEXT, build_tiny_llama
+from tests.page_client import stored
+from tests.support import api_client, login_cookies, running_server
+
+PASSWORD = "correct-horse-battery"
+# the engine in a thread (no second process to start) and accounts made over HTTP (no CLI process each)
+FAST_START = {"CHAT_ENGINE_PROCESS": "0", "CHAT_SIGNUP": "open", "CHAT_FAST_KERNELS": "0", "CHAT_MAX_BATCH_SIZE": "4"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    return str(build_tiny_llama(tmp_path_factory.mktemp("hardening-model"), max_positions=SERVER_CONTEXT))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model):
+    data = tmp_path_factory.mktemp("hardening-data")
+    with running_server(data, tiny_model, **FAST_START) as process:
+        for name in ("alice", "bob", "vera", "carl"):
+            assert httpx.post(process.url + "signup", data={"username": name, "password": PASSWORD}).status_code == 303
+        yield process
+
+
+def from_address(address: str, **options) -> httpx.Client:
+    """A client whose connections come from another loopback address: another machine, to the server."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30, **options)
+
+
+def login(client: httpx.Client, server, name: str, password: str, **headers: str) -> httpx.Response:
+    return client.post(server.url + "login", data={"username": name, "password": password}, headers=headers)
+
+
+def whoami(server, cookies) -> str | None:
+    answer = httpx.get(server.url + "gradio_api/user", cookies=cookies)
+    return answer.json() if answer.status_code == 200 else None
+
+
+# 1. forwarded addresses ---------------------------------------------------------------------------
+
+def test_forwarded_for_is_ignored_without_trusted_proxies_even_from_the_loopback(server):
+    with httpx.Client(timeout=30) as client:
+        statuses = [login(client, server, "nobody-1", "guess", **{"X-Forwarded-For": f"10.1.0.{i}"}).status_code
+                    for i in range(FREE_FAILURES_PER_PAIR + 2)]
+    # every attempt came from 127.0.0.1 whatever the header said: the name+address throttle caught it
+    assert statuses[:FREE_FAILURES_PER_PAIR] == [401] * FREE_FAILURES_PER_PAIR
+    assert statuses[-1] == 429
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        for _ in range(20):
+            if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5)
+
+
+def test_behind_a_trusted_proxy_clients_are_told_apart_and_a_full_disk_is_named(tmp_path, tiny_model):
+    """One server for two findings: ``CHAT_TRUSTED_PROXIES`` and the login's sentence on a full disk."""
+    (tmp_path / "data").mkdir()
+    with tmpfs(tmp_path / "disk", "8m") as disk, running_server(
+        tmp_path / "data", tiny_model, CHAT_TRUSTED_PROXIES="127.0.0.1",
+        CHAT_DATABASE_URL=sqlite_url(disk / "chat.db"), **FAST_START,
+    ) as proxied:
+        with httpx.Client(timeout=30) as proxy:  # the proxy, on 127.0.0.1, passing two clients on
+            first = [login(proxy, proxied, "zed", "guess", **{"X-Forwarded-For": "10.2.0.1"}).status_code
+                     for _ in range(FREE_FAILURES_PER_PAIR + 1)]
+            second = login(proxy, proxied, "zed", "guess", **{"X-Forwarded-For": "10.2.0.2"}).status_code
+        assert first[-1] == 429 and second == 401  # 10.2.0.2 is not slowed by 10.2.0.1's failures
+        with from_address("127.0.0.9") as untrusted:  # not a proxy: its header means nothing
+            statuses = [login(untrusted, proxied, "yan", "guess", **{"X-Forwarded-For": f"10.3.0.{i}"}).status_code
+                        for i in range(FREE_FAILURES_PER_PAIR + 1)]
+        assert statuses[-1] == 429
+
+        created = httpx.post(proxied.url + "signup", data={"username": "disky", "password": "violet-harbour-lamp"})
+        assert created.status_code == 303
+        filler = disk / "filler"
+        with filler.open("wb") as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        answer = httpx.post(proxied.url + "login", data={"username": "disky", "password": "violet-harbour-lamp"},
+                            headers={"Accept": "text/html"})
+        filler.unlink()
+        assert answer.status_code == 503
+        assert "cannot write" in answer.text and "disk full" in answer.text and "cannot reach" not in answer.text
+
+
+# 2. device cookies ---------------------------------------------------------------------------------
+
+def test_a_known_browser_logs_in_through_a_strangers_failures_from_its_address(server):
+    with from_address("127.0.0.7") as browser, from_address("127.0.0.7") as stranger, \
+            from_address("127.0.0.7") as newcomer:
+        assert login(browser, server, "vera", PASSWORD).status_code == 200
+        device = [name for name in browser.cookies if name.startswith(COOKIE_PREFIX)]
+        assert len(device) == 1 and "vera" not in device[0]
+        browser.post(server.url + "logout")  # logging out keeps the device cookie
+
+        attempts = [login(stranger, server, "vera", f"guess-{i}").status_code
+                    for i in range(FREE_FAILURES_PER_PAIR + 3)]
+        assert attempts[-1] == 429  # the stranger is slowed
+
+        assert login(browser, server, "vera", PASSWORD).status_code == 200  # her own browser is not
+        assert login(newcomer, server, "vera", PASSWORD).status_code == 429  # a browser never seen is
+        forged = browser.cookies[device[0]][:-4] + "AAAA"
+        assert login(newcomer, server, "vera", PASSWORD, Cookie=f"{device[0]}={forged}").status_code == 429
+        assert login(browser, server, "carl", PASSWORD).status_code == 200  # her cookie says nothing of carl...
+        assert login(stranger, server, "carl", "guess").status_code == 401
+
+        # a stolen device cookie buys only a few guesses, then it is slowed like anyone
+        for i in range(FREE_FAILURES_PER_DEVICE):
+            assert login(browser, server, "vera", f"wrong-{i}").status_code == 401
+        assert login(browser, server, "vera", PASSWORD).status_code == 429
+
+
+# 3. a page's session belongs to its login ---------------------------------------------------------
+
+def send_fn_index(server, cookies) -> int:
+    config = httpx.get(server.url + "config", cookies=cookies).json()
+    return next(d["id"] for d in config["dependencies"] if d.get("api_name") == "send")
+
+
+def test_another_login_cannot_read_feed_or_end_a_page_by_its_session_hash(server):
+    alice = api_client(server.url, "alice", PASSWORD)
+    job = alice.submit("tell me a long story", "", "", 0.7, 0.9, 256, "", api_name="/send")
+    deadline = time.monotonic() + 30
+    while not alice.pending_event_ids and time.monotonic() < deadline:
+        time.sleep(0.01)
+    her_session, her_event = alice.session_hash, next(iter(alice.pending_event_ids))
+    bob = login_cookies(server.url, "bob", PASSWORD)
+    fn_index = send_fn_index(server, bob)
+
+    with httpx.stream("GET", server.url + f"gradio_api/queue/data?session_hash={her_session}", cookies=bob,
+                      timeout=10) as reading:
+        assert reading.status_code == 403
+        assert b"process_" not in reading.read()
+    joined = httpx.post(server.url + "gradio_api/queue/join", cookies=bob, json={
+        "data": ["bob's words in her page", "", "", 0.7, 0.9, 8, ""], "fn_index": fn_index,
+        "session_hash": her_session, "event_data": None})
+    assert joined.status_code == 403
+    for session in (her_session, uuid.uuid4().hex):  # her page, or his own naming her event
+        cancel = httpx.post(server.url + "gradio_api/cancel", cookies=bob,
+                            json={"session_hash": session, "fn_index": fn_index, "event_id": her_event})
+        assert cancel.status_code == 403
+    assert httpx.post(server.url + f"gradio_api/stream/{her_event}/close", cookies=bob).status_code == 403
+    with httpx.stream("GET", server.url + f"gradio_api/heartbeat/{her_session}", cookies=bob, timeout=10) as beat:
+        assert beat.status_code == 403
+
+    final = job.result(timeout=120)
+    conversation = stored(server, "alice", final[2])
+    assert [m.role for m in conversation.messages] == ["user", "assistant"]
+    assert conversation.messages[0].content == "tell me a long story"
+    assert conversation.messages[-1].finish_reason in ("length", "eos")
+    alice.close()
+
+
+def test_her_own_page_keeps_working_and_an_unknown_event_is_a_4xx(server):
+    cookies = login_cookies(server.url, "carl", PASSWORD)
+    session = uuid.uuid4().hex
+    unknown = httpx.post(server.url + "gradio_api/queue/join", cookies=cookies,
+                         json={"data": [], "fn_index": 99_999, "session_hash": session, "event_data": None})
+    assert 400 <= unknown.status_code < 500, unknown.text
+    fn_index = send_fn_index(server, cookies)
+    joined = httpx.post(server.url + "gradio_api/queue/join", cookies=cookies, json={
+        "data": ["hello", "", "", 0.7, 0.9, 4, ""], "fn_index": fn_index, "session_hash": session,
+        "event_data": None})
+    assert joined.status_code == 200, joined.text
+    completed = None
+    with httpx.stream("GET", server.url + f"gradio_api/queue/data?session_hash={session}", cookies=cookies,
+                      timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed":
+                completed = json.loads(line[5:])
+                break
+    assert completed is not None and completed["success"] and completed["event_id"] == joined.json()["event_id"]
+
+
+# 4. a login flood ----------------------------------------------------------------------------------
+
+def raw_login_start(server, address: str, declared: int = 1000) -> socket.socket:
+    """A login post that declares a body and sends only its start (what a slow or hostile client does)."""
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=5, source_address=(address, 0))
+    connection.sendall(
+        f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/x-www-form-urlencoded"
+        f"\r\nContent-Length: {declared}\r\n\r\nusername=a".encode())
+    return connection
+
+
+def status_of(connection: socket.socket) -> int:
+    """The status line's code, read without ever sending the rest of the body (a timeout fails the test)."""
+    head = connection.recv(200).decode("latin-1")
+    return int(head.split()[1])
+
+
+def test_a_throttled_address_is_refused_before_its_form_is_read(server):
+    with from_address("127.0.0.11") as known, from_address("127.0.0.11") as sprayer:
+        assert login(known, server, "carl", PASSWORD).status_code == 200  # a teammate's browser, seen before
+        for i in range(FREE_FAILURES_PER_ADDRESS + 1):
+            login(sprayer, server, f"sprayed-{i}", "guess")
+        connection = raw_login_start(server, "127.0.0.11")
+        try:
+            assert status_of(connection) == 429  # answered with most of the body never sent
+        finally:
+            connection.close()
+        assert login(sprayer, server, "carl", PASSWORD).status_code == 429
+        assert login(known, server, "carl", PASSWORD).status_code == 200  # the known browser still gets in
+
+
+def test_concurrent_logins_from_one_address_are_capped(server):
+    held = [raw_login_start(server, "127.0.0.12") for _ in range(LOGINS_AT_ONCE_PER_ADDRESS)]
+    time.sleep(0.3)  # let the server take them in
+    try:
+        extra = raw_login_start(server, "127.0.0.12")
+        try:
+            assert status_of(extra) == 503
+        finally:
+            extra.close()
+        with from_address("127.0.0.13") as elsewhere:  # another address is not affected
+            assert login(elsewhere, server, "bob", PASSWORD).status_code == 200
+    finally:
+        for connection in held:
+            connection.close()
+    time.sleep(0.3)
+    with from_address("127.0.0.12") as again:
+        assert login(again, server, "bob", PASSWORD).status_code == 200
+
+
+# 5. small ones -------------------------------------------------------------------------------------
+
+def test_origin_less_cross_site_posts_cannot_end_sessions(server):
+    cookies = login_cookies(server.url, "bob", PASSWORD)
+    for path in ("logout", "account/logout-everywhere", "account/password"):
+        answer = httpx.post(server.url + path, cookies=cookies, headers={"Sec-Fetch-Site": "cross-site"},
+                            data={"current": PASSWORD, "new": "another-long-password"})
+        assert answer.status_code == 403, path
+        assert whoami(server, cookies) == "bob", path
+    assert httpx.post(server.url + "logout", cookies=cookies, headers={"Sec-Fetch-Site": "same-origin"}
+                      ).status_code == 303
+    assert whoami(server, cookies) is None
