@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.accounts.login_guard import LoginGuard
 from app.services.limits import BoundedTable
+from app.web.auth_page import message, page
 from app.web.device_cookie import DeviceCookies
 from app.web.security import SecurityMiddleware
 
@@ -48,17 +50,15 @@ class LoginGate:
         address = client[0] if client else "unknown"
         send = SecurityMiddleware.with_headers(send)
         if (self.in_flight.get(address) or 0) >= self.at_once:
-            response = PlainTextResponse("Too many logins at once from your address; try again in a moment.", 503,
-                                         headers={"Retry-After": "2"})
-            await response(scope, receive, send)
+            text = "Too many logins at once from your address; try again in a moment."
+            await refusal(scope, text, 503, 2)(scope, receive, send)
             return
         wait = self.guard.address_wait(address) if scope["path"].rstrip("/") == "/login" else 0.0
         if wait > 0 and not self.devices.any_valid(Request(scope).cookies):
             seconds = math.ceil(wait)
-            response = PlainTextResponse(
-                f"Too many failed logins from your address. Wait {seconds} second{'s' * (seconds != 1)} "
-                "and try again.", 429, headers={"Retry-After": str(seconds)})
-            await response(scope, receive, send)
+            text = (f"Too many failed logins from your address. Wait {seconds} second{'s' * (seconds != 1)} "
+                    "and try again.")
+            await refusal(scope, text, 429, seconds)(scope, receive, send)
             return
         self.in_flight.put(address, (self.in_flight.get(address) or 0) + 1)
         try:
@@ -69,3 +69,14 @@ class LoginGate:
                 self.in_flight.put(address, left)
             else:
                 self.in_flight.pop(address)
+
+
+def refusal(scope: Scope, text: str, status_code: int, retry_after: int) -> Response:
+    """The sentence as a page for a browser, as JSON for a script (what ``POST /login`` answers them)."""
+    headers = {"Retry-After": str(retry_after)}
+    if "text/html" in Headers(scope=scope).get("accept", ""):
+        title = "Log in" if scope["path"].rstrip("/") == "/login" else "Create an account"
+        response: Response = page(title, message(text) + '<p><a href="">Try again</a></p>', status_code)
+        response.headers.update(headers)
+        return response
+    return JSONResponse({"detail": text}, status_code=status_code, headers=headers)

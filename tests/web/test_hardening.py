@@ -265,3 +265,29 @@ def test_origin_less_cross_site_posts_cannot_end_sessions(server):
     assert httpx.post(server.url + "logout", cookies=cookies, headers={"Sec-Fetch-Site": "same-origin"}
                       ).status_code == 303
     assert whoami(server, cookies) is None
+
+
+# 6. the login page ---------------------------------------------------------------------------------
+
+def test_the_login_page_wears_the_chat_pages_colours_light_and_dark_and_fits_a_phone(server):
+    from tests.browser import ARTIFACTS, PHONE, browser_pages, contrast
+
+    with browser_pages() as new_page:
+        for scheme in ("light", "dark"):
+            page = new_page(viewport=PHONE, color_scheme=scheme)
+            page.goto(server.url + "login")
+            page.get_by_label("Username").fill(f"nobody-{scheme}")
+            page.get_by_label("Password").fill("not the password")
+            page.get_by_role("button", name="Log in").click()
+            page.locator(".err").wait_for()  # the refusal is on the page too, in its colour
+            assert "Team Chat" in page.title() and page.locator(".brand").inner_text().endswith("Team Chat")
+            ratios = {selector: contrast(page, selector)["ratio"]
+                      for selector in (".brand", "h1", "label", "button[type=submit]", ".err")}
+            assert min(ratios.values()) >= 4.5, (scheme, ratios)
+            background = contrast(page, "h1")["bg"]
+            assert (sum(background) < 100) == (scheme == "dark"), (scheme, background)  # it follows the system
+            fits = page.evaluate("() => [document.scrollingElement.scrollWidth, innerWidth,"
+                                 " parseFloat(getComputedStyle(document.querySelector('input')).fontSize)]")
+            assert fits[0] <= fits[1] and fits[2] >= 16, fits  # no sideways scrolling, no zoom into the inputs
+            page.screenshot(path=str(ARTIFACTS / f"login-phone-{scheme}.png"), full_page=True)
+            page.context.close()
