@@ -5,8 +5,9 @@ alone: someone guessing alice's password from their machine slows down only
 themselves, and alice logging in from hers is unaffected. Each key earns a few free
 failures, then must wait a delay that doubles with every further failure (capped).
 Guessing across many names from one address is slowed by the per-address count, and
-so is hammering on after a delay was earned (each refused attempt counts for the
-address), which lets the web layer refuse a flooding address before reading its form.
+so is hammering on one name after its delay was earned (each refused attempt uses up
+one of the address's free failures), which lets the web layer refuse a flooding
+address before reading its form. A refusal never lengthens a wait already announced.
 
 One address can be a whole team (an office NAT, a reverse proxy), so a browser that
 proves it logged in as this name before (a device token, app/accounts/device_tokens.py)
@@ -116,10 +117,12 @@ class LoginGuard:
             wait = self.per_device.wait_seconds(device.nonce)  # type: ignore[union-attr]
         else:
             pair = (username.casefold(), address)
-            wait = max(self.per_address.wait_seconds(address), self.per_pair.wait_seconds(pair))
-            if wait > 0:  # hammering on while slowed counts: the delay grows instead of running out
+            wait = self.per_pair.wait_seconds(pair)
+            if wait > 0 and self.per_address.wait_seconds(address) == 0:
+                # hammering on a slowed name uses up the address's free failures, so a flood of
+                # one name ends up refused at the door (address_wait) instead of at the form
                 self.per_address.fail(address)
-                self.per_pair.fail(pair)
+            wait = max(wait, self.per_address.wait_seconds(address))
         if wait > 0:
             seconds = math.ceil(wait)
             raise Throttled(
