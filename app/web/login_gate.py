@@ -9,13 +9,18 @@ ahead of every other middleware and route:
   once, unless the browser carries a valid device cookie (``DeviceCookies``): known
   browsers of a team behind one address still reach the form;
 - at most ``LOGINS_AT_ONCE_PER_ADDRESS`` login or sign-up posts per address are in flight;
-  the rest are told "busy" (503) at once instead of queueing.
+  the rest are told "busy" (503) instead of queueing;
+- both refusals are answered after ``TARPIT_SECONDS`` (a sleeping coroutine, nothing
+  else; at most ``MAX_TARPITTED`` at once, beyond that at once): a client waits for its
+  answer before it sends again, so a flood's rate falls from hundreds of posts a second
+  per connection to one, and with it the event loop's share (measured in the README).
 
 Connection and request-rate limits for every route belong in the reverse proxy (README).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from starlette.datastructures import Headers
@@ -31,6 +36,8 @@ from app.web.security import SecurityMiddleware
 
 GATED_PATHS = ("/login", "/signup")
 LOGINS_AT_ONCE_PER_ADDRESS = 4
+TARPIT_SECONDS = 1.0
+MAX_TARPITTED = 512
 
 
 class LoginGate:
@@ -41,6 +48,7 @@ class LoginGate:
         self.devices = devices
         self.at_once = at_once
         self.in_flight: BoundedTable[str, int] = BoundedTable()
+        self.tarpitted = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") not in GATED_PATHS:
@@ -51,14 +59,14 @@ class LoginGate:
         send = SecurityMiddleware.with_headers(send)
         if (self.in_flight.get(address) or 0) >= self.at_once:
             text = "Too many logins at once from your address; try again in a moment."
-            await refusal(scope, text, 503, 2)(scope, receive, send)
+            await self._refuse(scope, receive, send, refusal(scope, text, 503, 2))
             return
         wait = self.guard.address_wait(address) if scope["path"].rstrip("/") == "/login" else 0.0
         if wait > 0 and not self.devices.any_valid(Request(scope).cookies):
             seconds = math.ceil(wait)
             text = (f"Too many failed logins from your address. Wait {seconds} second{'s' * (seconds != 1)} "
                     "and try again.")
-            await refusal(scope, text, 429, seconds)(scope, receive, send)
+            await self._refuse(scope, receive, send, refusal(scope, text, 429, seconds))
             return
         self.in_flight.put(address, (self.in_flight.get(address) or 0) + 1)
         try:
@@ -69,6 +77,15 @@ class LoginGate:
                 self.in_flight.put(address, left)
             else:
                 self.in_flight.pop(address)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, response: Response) -> None:
+        if self.tarpitted < MAX_TARPITTED:
+            self.tarpitted += 1
+            try:
+                await asyncio.sleep(TARPIT_SECONDS)
+            finally:
+                self.tarpitted -= 1
+        await response(scope, receive, send)
 
 
 def refusal(scope: Scope, text: str, status_code: int, retry_after: int) -> Response:

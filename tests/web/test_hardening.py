@@ -16,15 +16,17 @@ import httpx
 import pytest
 
 from app.accounts.login_guard import FREE_FAILURES_PER_ADDRESS, FREE_FAILURES_PER_DEVICE, FREE_FAILURES_PER_PAIR
-from app.config import sqlite_url
+from app.config import Settings, sqlite_url
 from app.web.device_cookie import COOKIE_PREFIX
 from app.web.login_gate import LOGINS_AT_ONCE_PER_ADDRESS
+from app.web.server import proxy_options
 from tests.models import SERVER_CONTEXT, build_tiny_llama
 from tests.page_client import stored
 from tests.support import api_client, login_cookies, running_server
 
 PASSWORD = "correct-horse-battery"
 # the engine in a thread (no second process to start) and accounts made over HTTP (no CLI process each)
+PROXY = "127.0.0.20"
 FAST_START = {"CHAT_ENGINE_PROCESS": "0", "CHAT_SIGNUP": "open", "CHAT_FAST_KERNELS": "0", "CHAT_MAX_BATCH_SIZE": "4"}
 
 
@@ -33,13 +35,34 @@ def tiny_model(tmp_path_factory) -> str:
     return str(build_tiny_llama(tmp_path_factory.mktemp("hardening-model"), max_positions=SERVER_CONTEXT))
 
 
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "8m") -> Iterator[bool]:
+    """A tmpfs at ``path`` to fill later (True), or a plain folder when mounting is not allowed (False)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        for _ in range(20 if mounted else 0):
+            if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model):
+    """One server for every finding: a proxy named (127.0.0.20, not the loopback's usual 127.0.0.1) and its
+    database on a small disk of its own, filled by the last test."""
     data = tmp_path_factory.mktemp("hardening-data")
-    with running_server(data, tiny_model, **FAST_START) as process:
-        for name in ("alice", "bob", "vera", "carl"):
-            assert httpx.post(process.url + "signup", data={"username": name, "password": PASSWORD}).status_code == 303
-        yield process
+    with small_disk(data / "disk") as mounted:
+        env = {**FAST_START, "CHAT_TRUSTED_PROXIES": PROXY, "CHAT_DATABASE_URL": sqlite_url(data / "disk" / "chat.db")}
+        with running_server(data, tiny_model, **env) as process:
+            process.small_disk = data / "disk" if mounted else None
+            for name in ("alice", "bob", "vera", "carl"):
+                answer = httpx.post(process.url + "signup", data={"username": name, "password": PASSWORD})
+                assert answer.status_code == 303
+            yield process
 
 
 def from_address(address: str, **options) -> httpx.Client:
@@ -58,60 +81,19 @@ def whoami(server, cookies) -> str | None:
 
 # 1. forwarded addresses ---------------------------------------------------------------------------
 
-def test_forwarded_for_is_ignored_without_trusted_proxies_even_from_the_loopback(server):
-    with httpx.Client(timeout=30) as client:
-        statuses = [login(client, server, "nobody-1", "guess", **{"X-Forwarded-For": f"10.1.0.{i}"}).status_code
+def test_forwarded_for_is_believed_only_from_a_named_proxy_never_by_default(server):
+    assert proxy_options(Settings.from_env({})) == {"proxy_headers": False}  # the default names no proxy
+    with httpx.Client(timeout=30) as loopback:  # 127.0.0.1, which uvicorn alone would trust
+        statuses = [login(loopback, server, "nobody-1", "guess", **{"X-Forwarded-For": f"10.1.0.{i}"}).status_code
                     for i in range(FREE_FAILURES_PER_PAIR + 2)]
     # every attempt came from 127.0.0.1 whatever the header said: the name+address throttle caught it
     assert statuses[:FREE_FAILURES_PER_PAIR] == [401] * FREE_FAILURES_PER_PAIR
     assert statuses[-1] == 429
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        for _ in range(20):
-            if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.5)
-
-
-def test_behind_a_trusted_proxy_clients_are_told_apart_and_a_full_disk_is_named(tmp_path, tiny_model):
-    """One server for two findings: ``CHAT_TRUSTED_PROXIES`` and the login's sentence on a full disk."""
-    (tmp_path / "data").mkdir()
-    with tmpfs(tmp_path / "disk", "8m") as disk, running_server(
-        tmp_path / "data", tiny_model, CHAT_TRUSTED_PROXIES="127.0.0.1",
-        CHAT_DATABASE_URL=sqlite_url(disk / "chat.db"), **FAST_START,
-    ) as proxied:
-        with httpx.Client(timeout=30) as proxy:  # the proxy, on 127.0.0.1, passing two clients on
-            first = [login(proxy, proxied, "zed", "guess", **{"X-Forwarded-For": "10.2.0.1"}).status_code
-                     for _ in range(FREE_FAILURES_PER_PAIR + 1)]
-            second = login(proxy, proxied, "zed", "guess", **{"X-Forwarded-For": "10.2.0.2"}).status_code
-        assert first[-1] == 429 and second == 401  # 10.2.0.2 is not slowed by 10.2.0.1's failures
-        with from_address("127.0.0.9") as untrusted:  # not a proxy: its header means nothing
-            statuses = [login(untrusted, proxied, "yan", "guess", **{"X-Forwarded-For": f"10.3.0.{i}"}).status_code
-                        for i in range(FREE_FAILURES_PER_PAIR + 1)]
-        assert statuses[-1] == 429
-
-        created = httpx.post(proxied.url + "signup", data={"username": "disky", "password": "violet-harbour-lamp"})
-        assert created.status_code == 303
-        filler = disk / "filler"
-        with filler.open("wb") as out, contextlib.suppress(OSError):
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
-        answer = httpx.post(proxied.url + "login", data={"username": "disky", "password": "violet-harbour-lamp"},
-                            headers={"Accept": "text/html"})
-        filler.unlink()
-        assert answer.status_code == 503
-        assert "cannot write" in answer.text and "disk full" in answer.text and "cannot reach" not in answer.text
+    with from_address(PROXY) as proxy:  # the named proxy, passing two clients on
+        first = [login(proxy, server, "zed", "guess", **{"X-Forwarded-For": "10.2.0.1"}).status_code
+                 for _ in range(FREE_FAILURES_PER_PAIR + 1)]
+        second = login(proxy, server, "zed", "guess", **{"X-Forwarded-For": "10.2.0.2"}).status_code
+    assert first[-1] == 429 and second == 401  # 10.2.0.2 is not slowed by 10.2.0.1's failures
 
 
 # 2. device cookies ---------------------------------------------------------------------------------
@@ -294,3 +276,22 @@ def test_the_login_page_wears_the_chat_pages_colours_light_and_dark_and_fits_a_p
             assert fits[0] <= fits[1] and fits[2] >= 16, fits  # no sideways scrolling, no zoom into the inputs
             page.screenshot(path=str(ARTIFACTS / f"login-phone-{scheme}.png"), full_page=True)
             page.context.close()
+
+
+# last, as it fills the server's disk ---------------------------------------------------------------
+
+def test_a_login_on_a_full_disk_says_writes_fail_not_that_the_database_is_unreachable(server):
+    if server.small_disk is None:
+        pytest.skip("cannot mount a tmpfs to fill (needs root)")
+    filler = server.small_disk / "filler"
+    try:
+        with filler.open("wb") as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        answer = httpx.post(server.url + "login", data={"username": "carl", "password": PASSWORD},
+                            headers={"Accept": "text/html"})
+    finally:
+        filler.unlink()
+    assert answer.status_code == 503
+    assert "cannot write" in answer.text and "disk full" in answer.text and "cannot reach" not in answer.text
