@@ -8,8 +8,9 @@ ahead of every other middleware and route:
 - an address that already earned a delay (``LoginGuard.address_wait``) is answered 429 at
   once, unless the browser carries a valid device cookie (``DeviceCookies``): known
   browsers of a team behind one address still reach the form;
-- at most ``LOGINS_AT_ONCE_PER_ADDRESS`` login or sign-up posts per address are in flight;
-  the rest are told "busy" (503) instead of queueing;
+- at most ``LOGINS_AT_ONCE_PER_ADDRESS`` login or sign-up posts per address are in flight
+  and ``LOGINS_WAITING_PER_ADDRESS`` more wait for a turn (a team logging in at once from
+  one NAT queues, it is not refused); beyond that the address is told "busy" (503);
 - both refusals are answered after ``TARPIT_SECONDS`` (a sleeping coroutine, nothing
   else; at most ``MAX_TARPITTED`` at once, beyond that at once): a client waits for its
   answer before it sends again, so a flood's rate falls from hundreds of posts a second
@@ -29,13 +30,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.accounts.login_guard import LoginGuard
-from app.services.limits import BoundedTable
+from app.services.limits import BoundedTable, Slots
 from app.web.auth_page import message, page
 from app.web.device_cookie import DeviceCookies
 from app.web.security import SecurityMiddleware
 
 GATED_PATHS = ("/login", "/signup")
 LOGINS_AT_ONCE_PER_ADDRESS = 4
+LOGINS_WAITING_PER_ADDRESS = 28
+LOGIN_WAIT_SECONDS = 10.0
 TARPIT_SECONDS = 1.0
 MAX_TARPITTED = 512
 
@@ -47,7 +50,7 @@ class LoginGate:
         self.guard = guard
         self.devices = devices
         self.at_once = at_once
-        self.in_flight: BoundedTable[str, int] = BoundedTable()
+        self.turns: BoundedTable[str, Slots] = BoundedTable()
         self.tarpitted = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,10 +60,6 @@ class LoginGate:
         client = scope.get("client")
         address = client[0] if client else "unknown"
         send = SecurityMiddleware.with_headers(send)
-        if (self.in_flight.get(address) or 0) >= self.at_once:
-            text = "Too many logins at once from your address; try again in a moment."
-            await self._refuse(scope, receive, send, refusal(scope, text, 503, 2))
-            return
         wait = self.guard.address_wait(address) if scope["path"].rstrip("/") == "/login" else 0.0
         if wait > 0 and not self.devices.any_valid(Request(scope).cookies):
             seconds = math.ceil(wait)
@@ -68,15 +67,14 @@ class LoginGate:
                     "and try again.")
             await self._refuse(scope, receive, send, refusal(scope, text, 429, seconds))
             return
-        self.in_flight.put(address, (self.in_flight.get(address) or 0) + 1)
+        turns = self.turns.get_or_add(address, lambda: Slots(
+            self.at_once, max_waiting=LOGINS_WAITING_PER_ADDRESS, wait_seconds=LOGIN_WAIT_SECONDS))
         try:
-            await self.app(scope, receive, send)
-        finally:
-            left = (self.in_flight.get(address) or 1) - 1
-            if left > 0:
-                self.in_flight.put(address, left)
-            else:
-                self.in_flight.pop(address)
+            async with turns.turn(_Busy()):
+                await self.app(scope, receive, send)
+        except _Busy:
+            text = "Too many logins at once from your address; try again in a moment."
+            await self._refuse(scope, receive, send, refusal(scope, text, 503, 2))
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, response: Response) -> None:
         if self.tarpitted < MAX_TARPITTED:
@@ -86,6 +84,10 @@ class LoginGate:
             finally:
                 self.tarpitted -= 1
         await response(scope, receive, send)
+
+
+class _Busy(Exception):
+    """This address has its fill of logins in flight and waiting."""
 
 
 def refusal(scope: Scope, text: str, status_code: int, retry_after: int) -> Response:

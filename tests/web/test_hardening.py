@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ import pytest
 from app.accounts.login_guard import FREE_FAILURES_PER_ADDRESS, FREE_FAILURES_PER_DEVICE, FREE_FAILURES_PER_PAIR
 from app.config import Settings, sqlite_url
 from app.web.device_cookie import COOKIE_PREFIX
-from app.web.login_gate import LOGINS_AT_ONCE_PER_ADDRESS
+from app.web.login_gate import LOGINS_AT_ONCE_PER_ADDRESS, LOGINS_WAITING_PER_ADDRESS
 from app.web.server import proxy_options
 from tests.models import SERVER_CONTEXT, build_tiny_llama
 from tests.page_client import stored
@@ -220,8 +221,18 @@ def test_a_throttled_address_is_refused_before_its_form_is_read(server):
 
 
 def test_concurrent_logins_from_one_address_are_capped(server):
-    held = [raw_login_start(server, "127.0.0.12") for _ in range(LOGINS_AT_ONCE_PER_ADDRESS)]
-    time.sleep(0.3)  # let the server take them in
+    def team_member(_: int) -> int:
+        with from_address("127.0.0.14") as client:
+            return login(client, server, "bob", PASSWORD).status_code
+
+    team = 2 * LOGINS_AT_ONCE_PER_ADDRESS
+    with ThreadPoolExecutor(team) as pool:  # a team logging in at once behind one NAT: all get in
+        assert list(pool.map(team_member, range(team))) == [200] * team
+
+    # beyond the logins in flight and those waiting their turn, the address is told "busy"
+    held = [raw_login_start(server, "127.0.0.12")
+            for _ in range(LOGINS_AT_ONCE_PER_ADDRESS + LOGINS_WAITING_PER_ADDRESS)]
+    time.sleep(0.5)  # let the server take them in
     try:
         extra = raw_login_start(server, "127.0.0.12")
         try:
