@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable, Container
 from urllib.parse import parse_qsl, urlencode
@@ -31,6 +32,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.services.limits import BoundedTable
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/gradio_api"
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -109,11 +112,14 @@ class SessionBinding:
         for name, value in query:
             if name == "session_hash":
                 if not self._claim(login, value):
+                    log.warning("refused page session %s.. of login %s to login %s on %s", value[:8],
+                                self.sessions.get(value), login, scope["path"])
                     await PlainTextResponse(NOT_YOURS, 403)(scope, receive, send)
                     return
                 value = keyed_hash(login, value)
             rewritten.append((name, value))
-        await self.app({**scope, "query_string": urlencode(rewritten).encode("latin-1")}, receive, send)
+        scope["query_string"] = urlencode(rewritten).encode("latin-1")
+        await self.app(scope, receive, send)
 
     async def _path_route(self, scope: Scope, receive: Receive, send: Send, login: str, match: re.Match) -> None:
         group = "a" if match.group("a") is not None else "b"
