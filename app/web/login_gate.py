@@ -5,8 +5,8 @@ name check and the throttle lookup, and all of it ran on the event loop the repl
 stream from (a 16-token reply took 3.3x its quiet time under one address's flood). Here,
 ahead of every other middleware and route:
 
-- an address that already earned a delay (``LoginGuard.address_wait``) is answered 429 at
-  once, unless the browser carries a valid device cookie (``DeviceCookies``): known
+- an address that already earned a delay (``LoginGuard.address_wait``) is answered 429 before
+  its body is read, unless the browser carries a valid device cookie (``DeviceCookies``): known
   browsers of a team behind one address still reach the form;
 - at most ``LOGINS_AT_ONCE_PER_ADDRESS`` login or sign-up posts per address are in flight
   and ``LOGINS_WAITING_PER_ADDRESS`` more wait for a turn (a team logging in at once from
