@@ -61,6 +61,9 @@ class Settings:
     prefill_chunk: int = 64
     kv_reserve_tokens: int = 4096
     allowed_origins: tuple[str, ...] = ()
+    # addresses (or networks) of reverse proxies whose X-Forwarded-For/-Proto are believed; empty: none,
+    # not even 127.0.0.1 (uvicorn's default trusts the loopback, and so anything that reaches it)
+    trusted_proxies: tuple[str, ...] = ()
     engine_url: str = ""  # empty: the in-process engine; else an inference server (see README, Scaling out)
     engine_protocol: str = "llamacpp"
     engine_model: str = ""  # the model name sent with the OpenAI protocol; default: what the server lists
@@ -103,6 +106,7 @@ class Settings:
             prefill_chunk=_int(env, "CHAT_PREFILL_CHUNK", 64),
             kv_reserve_tokens=_int(env, "CHAT_KV_RESERVE_TOKENS", 4096),
             allowed_origins=tuple(o.strip() for o in (env.get("CHAT_ALLOWED_ORIGINS") or "").split(",") if o.strip()),
+            trusted_proxies=_list(env, "CHAT_TRUSTED_PROXIES"),
             engine_url=(env.get("CHAT_ENGINE_URL") or "").strip(),
             engine_protocol=protocol,
             engine_model=(env.get("CHAT_ENGINE_MODEL") or "").strip(),
@@ -111,6 +115,11 @@ class Settings:
             metrics_token=(env.get("CHAT_METRICS_TOKEN") or "").strip(),
             public_shares=_flag(env, "CHAT_PUBLIC_SHARES", False),
         )
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated setting, blanks dropped."""
+    return tuple(item.strip() for item in (env.get(name) or "").split(",") if item.strip())
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

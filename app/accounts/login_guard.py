@@ -4,7 +4,16 @@ Failures are counted per client address and per (name, address) pair, never per 
 alone: someone guessing alice's password from their machine slows down only
 themselves, and alice logging in from hers is unaffected. Each key earns a few free
 failures, then must wait a delay that doubles with every further failure (capped).
-Guessing across many names from one address is slowed by the per-address count.
+Guessing across many names from one address is slowed by the per-address count, and
+so is hammering on one name after its delay was earned (each refused attempt uses up
+one of the address's free failures), which lets the web layer refuse a flooding
+address before reading its form. A refusal never lengthens a wait already announced.
+
+One address can be a whole team (an office NAT, a reverse proxy), so a browser that
+proves it logged in as this name before (a device token, app/accounts/device_tokens.py)
+is exempt from both address counts and has a failure count of its own instead: a
+stranger's failures there cannot slow the user's own browser, and a stolen token buys
+only ``FREE_FAILURES_PER_DEVICE`` guesses before it is slowed too.
 
 Memory is bounded: both tables are LRU maps of at most ``MAX_TRACKED_KEYS`` keys each
 (the shared ``BoundedTable`` of app/services/limits.py), and names are refused before
@@ -22,10 +31,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.accounts.device_tokens import DeviceToken
 from app.services.limits import MAX_TRACKED_KEYS, BoundedTable, Slots
 
 FREE_FAILURES_PER_PAIR = 5
 FREE_FAILURES_PER_ADDRESS = 20
+FREE_FAILURES_PER_DEVICE = 5
 FIRST_DELAY_SECONDS = 2.0
 MAX_DELAY_SECONDS = 300.0
 FORGET_AFTER_SECONDS = 3600.0
@@ -95,15 +106,28 @@ class LoginGuard:
         self.on_attempt = on_attempt
         self.per_address = _FailureCounts(capacity, FREE_FAILURES_PER_ADDRESS, clock)
         self.per_pair = _FailureCounts(capacity, FREE_FAILURES_PER_PAIR, clock)
+        self.per_device = _FailureCounts(capacity, FREE_FAILURES_PER_DEVICE, clock)
         self._hashing = Slots(MAX_CONCURRENT_HASHES, max_waiting=MAX_WAITING_HASHES)
 
     def tracked_keys(self) -> int:
-        return len(self.per_address.entries) + len(self.per_pair.entries)
+        return len(self.per_address.entries) + len(self.per_pair.entries) + len(self.per_device.entries)
 
-    def check_allowed(self, username: str, address: str) -> None:
-        """Raise Throttled when this address (for this name) must wait."""
-        pair = (username.casefold(), address)
-        wait = max(self.per_address.wait_seconds(address), self.per_pair.wait_seconds(pair))
+    def address_wait(self, address: str) -> float:
+        """Seconds this address must still wait whatever name it tries (0: it may try)."""
+        return self.per_address.wait_seconds(address)
+
+    def check_allowed(self, username: str, address: str, device: DeviceToken | None = None) -> None:
+        """Raise Throttled when this address (for this name), or this device, must wait."""
+        if _vouches(device, username):
+            wait = self.per_device.wait_seconds(device.nonce)  # type: ignore[union-attr]
+        else:
+            pair = (username.casefold(), address)
+            wait = self.per_pair.wait_seconds(pair)
+            if wait > 0 and self.per_address.wait_seconds(address) == 0:
+                # hammering on a slowed name uses up the address's free failures, so a flood of
+                # one name ends up refused at the door (address_wait) instead of at the form
+                self.per_address.fail(address)
+            wait = max(wait, self.per_address.wait_seconds(address))
         if wait > 0:
             self.on_attempt("throttled")
             seconds = math.ceil(wait)
@@ -113,16 +137,27 @@ class LoginGuard:
                 seconds,
             )
 
-    def failed(self, username: str, address: str) -> None:
+    def failed(self, username: str, address: str, device: DeviceToken | None = None) -> None:
         self.on_attempt("failed")
+        if _vouches(device, username):
+            self.per_device.fail(device.nonce)  # type: ignore[union-attr]
+            return
         self.per_address.fail(address)
         self.per_pair.fail((username.casefold(), address))
 
-    def succeeded(self, username: str, address: str) -> None:
+    def succeeded(self, username: str, address: str, device: DeviceToken | None = None) -> None:
         self.on_attempt("ok")
-        self.per_pair.forget((username.casefold(), address))
+        if _vouches(device, username):
+            self.per_device.forget(device.nonce)  # a stranger's failures at this address stay counted
+        else:
+            self.per_pair.forget((username.casefold(), address))
 
     async def hash_in_turn(self, function: Callable[..., object], *args: object) -> object:
         """Run a password hash in a thread, at most ``MAX_CONCURRENT_HASHES`` at a time."""
         async with self._hashing.turn(HashingBusy("Too many logins at once right now; try again in a few seconds.")):
             return await asyncio.to_thread(function, *args)
+
+
+def _vouches(device: DeviceToken | None, username: str) -> bool:
+    """A device token speaks only for the name it was issued to."""
+    return device is not None and device.username == username.casefold()

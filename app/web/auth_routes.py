@@ -25,6 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.accounts.device_tokens import DeviceToken
 from app.accounts.login_guard import HashingBusy, LoginGuard, Throttled
 from app.accounts.passwords import (
     MAX_PASSWORD_LENGTH,
@@ -35,6 +36,8 @@ from app.accounts.passwords import (
 )
 from app.accounts.sessions import CurrentLogin, DatabaseUnavailable
 from app.services.limits import MovingWindow
+from app.web.auth_page import message, page
+from app.web.device_cookie import DeviceCookies
 from app.web.login_cookie import SessionManager
 from storage.errors import Conflict, InvalidInput, NotFound, StorageUnavailable
 from storage.models import USERNAME_MAX
@@ -47,14 +50,9 @@ SIGNUPS_PER_WINDOW = 5
 SIGNUP_WINDOW_SECONDS = 600.0
 CROSS_SITE = "This form can only be sent from this server's own page."
 UNAVAILABLE = "The server cannot reach its database right now; try again in a minute."
-
-PAGE = """<!doctype html><html><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title} · Team Chat</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:380px;margin:10vh auto;padding:0 16px}}
-input,button{{display:block;width:100%;box-sizing:border-box;margin:8px 0;padding:8px;font-size:1rem}}
-.err{{color:#b00}}.ok{{color:#070}}form{{margin-bottom:24px}}</style></head>
-<body><h1>{title}</h1>{body}</body></html>"""
-
+WRITES_FAIL = ("The server can read its database but cannot write to it right now ({reason}), "
+               "and a login must be written down; try again later.")
+WRITE_FAULTS = ("disk full", "read-only")
 
 class FormTooLarge(Exception):
     pass
@@ -66,6 +64,13 @@ class SignupLimiter(MovingWindow):
     def __init__(self, limit: int = SIGNUPS_PER_WINDOW, window: float = SIGNUP_WINDOW_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(limit, window, clock=clock)
+
+
+def database_fault(error: BaseException) -> str:
+    """The sentence for a database failure: a full or read-only disk is not an unreachable database."""
+    if isinstance(error, StorageUnavailable) and error.reason in WRITE_FAULTS:
+        return WRITES_FAIL.format(reason=error.reason)
+    return UNAVAILABLE
 
 
 def cross_site_post(request: Request) -> bool:
@@ -94,14 +99,6 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
-    return HTMLResponse(PAGE.format(title=html.escape(title), body=body), status_code=status_code)
-
-
-def message(text: str, kind: str = "err") -> str:
-    return f'<p class="{kind}" role="alert">{html.escape(text)}</p>' if text else ""
-
-
 def login_form(error: str = "", next_path: str = "/", note: str = "", signup_open: bool = False) -> str:
     signup = '<p>New here? <a href="/signup">Create an account</a>.</p>' if signup_open else ""
     return (
@@ -124,6 +121,7 @@ def build_auth_router(
     *,
     signup_open: bool,
     signups: SignupLimiter | None = None,
+    devices: DeviceCookies | None = None,
 ) -> APIRouter:
     """The routes; ``repository``/``sessions`` are looked up per request (they appear at start-up)."""
     router = APIRouter()
@@ -143,9 +141,10 @@ def build_auth_router(
         response.headers.update(headers)
         return response
 
-    async def check_credentials(username: str, password: str, address: str) -> UserRecord | None:
+    async def check_credentials(username: str, password: str, address: str,
+                                device: DeviceToken | None = None) -> UserRecord | None:
         """The user when the password is right; None when not. Raises Throttled, HashingBusy."""
-        guard.check_allowed(username, address)
+        guard.check_allowed(username, address, device)
         try:
             user: UserRecord | None = await repository().get_user(username)
         except NotFound:
@@ -153,9 +152,9 @@ def build_auth_router(
         stored = user.password_hash if user else await guard.hash_in_turn(decoy_hash)
         ok = await guard.hash_in_turn(verify_password, password, stored)
         if not (ok and user):
-            guard.failed(username, address)
+            guard.failed(username, address, device)
             return None
-        guard.succeeded(username, address)
+        guard.succeeded(username, address, device)
         return user
 
     async def current(request: Request) -> CurrentLogin | None:
@@ -178,25 +177,30 @@ def build_auth_router(
         username, password = form.get("username", "").strip(), form.get("password", "")
         if not username or len(username) > USERNAME_MAX or len(password) > MAX_PASSWORD_LENGTH:
             return refuse(request, "Incorrect username or password.", 401, next_path)
+        device = devices.for_user(request.cookies, username) if devices else None
         try:
-            user = await check_credentials(username, password, address)
+            user = await check_credentials(username, password, address, device)
             if user is None:
                 return refuse(request, "Incorrect username or password.", 401, next_path)
             response: Response = (
                 RedirectResponse(next_path, status_code=303) if wants_html(request) else JSONResponse({"success": True})
             )
             await sessions().start(response, request, user)
+            if devices:
+                devices.remember(response, request, user.username)
             return response
         except Throttled as error:
             return refuse(request, str(error), 429, next_path, **{"Retry-After": str(error.retry_after)})
         except HashingBusy as error:
             return refuse(request, str(error), 503, next_path, **{"Retry-After": "5"})
-        except (SQLAlchemyError, OSError, StorageUnavailable, DatabaseUnavailable):
+        except (SQLAlchemyError, OSError, StorageUnavailable, DatabaseUnavailable) as error:
             log.warning("login failed: database unavailable")
-            return refuse(request, UNAVAILABLE, 503, next_path, **{"Retry-After": "30"})
+            return refuse(request, database_fault(error), 503, next_path, **{"Retry-After": "30"})
 
     @router.post("/logout", response_model=None)
     async def logout(request: Request) -> Response:
+        if cross_site_post(request):
+            return page("Log out", message(CROSS_SITE), 403)
         response = RedirectResponse("/login", status_code=303)
         await sessions().end(request, response)
         return response
@@ -261,12 +265,14 @@ def build_auth_router(
             return page("Account", account_body(login, f"Not changed: {error}."), 400)
         except (Throttled, HashingBusy) as error:
             return page("Account", account_body(login, str(error)), 429)
-        except (SQLAlchemyError, OSError, StorageUnavailable, DatabaseUnavailable):
-            return page("Account", account_body(login, UNAVAILABLE), 503)
+        except (SQLAlchemyError, OSError, StorageUnavailable, DatabaseUnavailable) as error:
+            return page("Account", account_body(login, database_fault(error)), 503)
         return page("Account", account_body(login, note="Password changed. Your other logins were ended."))
 
     @router.post("/account/logout-everywhere", response_model=None)
     async def logout_everywhere(request: Request) -> Response:
+        if cross_site_post(request):
+            return page("Account", message(CROSS_SITE), 403)
         login = await current(request)
         response = RedirectResponse("/login", status_code=303)
         if login is not None:
@@ -315,8 +321,8 @@ def build_auth_router(
                 return page("Create an account", message(str(error)) + signup_form, 400)
             except HashingBusy as error:
                 return page("Create an account", message(str(error)) + signup_form, 503)
-            except (SQLAlchemyError, OSError, StorageUnavailable, DatabaseUnavailable):
-                return page("Create an account", message(UNAVAILABLE) + signup_form, 503)
+            except (SQLAlchemyError, OSError, StorageUnavailable, DatabaseUnavailable) as error:
+                return page("Create an account", message(database_fault(error)) + signup_form, 503)
             return RedirectResponse("/login", status_code=303)
 
     return router

@@ -16,6 +16,8 @@
   ``/healthz`` and the routes that check logins themselves (a share link's three routes,
   matched whole): the chat page sends people to the login page, every other route
   (Gradio's API, ``/gradio_api/cancel``, its assets and schema) answers 401.
+- Who is logged in is left in ``scope["state"]["login"]`` for ``SessionBinding``
+  (app/web/session_binding.py), which binds each page session to its login.
 """
 
 from __future__ import annotations
@@ -95,14 +97,14 @@ class SecurityMiddleware:
         self,
         app: ASGIApp,
         *,
-        logged_in: Callable[[Request], Awaitable[bool]],
+        login_of: Callable[[Request], Awaitable[str | None]],
         allowed_origins: Iterable[str] = (),
         page_paths: Iterable[str] = ("/",),
         public_paths: Iterable[str] = PUBLIC_PATHS,
         own_login_check: str = "",
     ) -> None:
         self.app = app
-        self.logged_in = logged_in
+        self.login_of = login_of
         self.allowed_origins = {o for o in (normalise_origin(x) for x in allowed_origins) if o}
         self.page_paths = set(page_paths)
         self.public_paths = set(public_paths)
@@ -140,7 +142,7 @@ class SecurityMiddleware:
             return
         path = scope["path"]
         if scope["type"] == "websocket":
-            if not await self.logged_in(Request(scope)):
+            if not await self.login_of(Request(scope)):
                 await send({"type": "websocket.close", "code": 1008})
                 return
             await self.app(scope, receive, send)
@@ -153,10 +155,11 @@ class SecurityMiddleware:
             response = PlainTextResponse("This server accepts no file uploads.", 403)
             await self._answer(scope, receive, send, response)
             return
-        if (
-            (path.rstrip("/") or "/") not in self.public_paths and not self.checks_login_itself(path)
-            and not await self.logged_in(Request(scope))
-        ):
+        public = (path.rstrip("/") or "/") in self.public_paths
+        login = None if public else await self.login_of(Request(scope))
+        if login is not None:
+            scope.setdefault("state", {})["login"] = login
+        elif not public and not self.checks_login_itself(path):
             if method in ("GET", "HEAD") and path in self.page_paths:
                 target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                 response = RedirectResponse("/login?next=" + quote(target, safe=""), 303)
@@ -164,13 +167,13 @@ class SecurityMiddleware:
                 response = PlainTextResponse("Please log in first.", 401)
             await self._answer(scope, receive, send, response)
             return
-        await self.app(scope, receive, self._with_headers(send))
+        await self.app(scope, receive, self.with_headers(send))
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, response: Response) -> None:
-        await response(scope, receive, self._with_headers(send))
+        await response(scope, receive, self.with_headers(send))
 
     @staticmethod
-    def _with_headers(send: Send) -> Send:
+    def with_headers(send: Send) -> Send:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)

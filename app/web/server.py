@@ -27,6 +27,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
+from app.accounts.device_tokens import DeviceTokens, load_or_create_key
 from app.accounts.login_guard import LoginGuard
 from app.accounts.passwords import generate_password, hash_password
 from app.accounts.sessions import DatabaseUnavailable, LoginSessions
@@ -44,14 +45,17 @@ from app.services.shares import ShareService
 from app.web.admin import ADMIN_PATHS, build_admin_router
 from app.web.admin_figures import FigureSampler
 from app.web.auth_routes import SignupLimiter, build_auth_router
+from app.web.device_cookie import DeviceCookies
 from app.web.export_route import build_export_router
 from app.web.health import build_health_router
 from app.web.login_cookie import SessionManager
+from app.web.login_gate import LoginGate
 from app.web.metrics import ServerMetrics, build_metrics_router
 from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web.resources import ServerResources
 from app.web.security import PUBLIC_PATHS, SecurityMiddleware
+from app.web.session_binding import UNKNOWN_LOGIN, SessionBinding
 from app.web.share_routes import SHARE_PATHS, build_share_router
 from storage.database import Database
 from storage.errors import StorageUnavailable
@@ -64,6 +68,7 @@ FIRST_ADMIN = "admin"
 SHUTDOWN_GRACE_SECONDS = 5.0
 STORE_AFTER_SHUTDOWN_SECONDS = 10.0
 JOURNAL_FILE = "pending-replies.jsonl"
+DEVICE_KEY_FILE = "device-cookie.key"
 # Gradio's queue: replies may hold this many workers beyond the engine's batch and
 # queue, so the extra senders reach ChatService quickly and hear "busy" instead of
 # waiting silently; the short events (page load, open a chat...) have their own
@@ -187,6 +192,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     app.state.announce = announce
 
     guard = LoginGuard(on_attempt=metrics.login_attempt)
+    devices = DeviceCookies(DeviceTokens(load_or_create_key(settings.data_dir / DEVICE_KEY_FILE)))
 
     def repository() -> Repository:
         if holder.service is None:
@@ -198,11 +204,13 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
             raise DatabaseUnavailable()
         return resources.sessions
 
-    async def logged_in(request: Request) -> bool:
+    async def login_of(request: Request) -> str | None:
+        """Who is logged in (their user id), None for nobody; the security middleware's question."""
         try:
-            return await sessions().current(request) is not None
+            login = await sessions().current(request)
         except DatabaseUnavailable:
-            return True  # let the page's own check answer "unavailable"
+            return UNKNOWN_LOGIN  # let the page's own check answer "unavailable"
+        return None if login is None else str(login.user.id)
 
     async def current_username(request: Request) -> str | None:
         if resources.sessions is None:
@@ -214,7 +222,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     app.include_router(build_export_router(holder.get, current_username))
     app.include_router(build_auth_router(
         repository, sessions, guard, signup_open=settings.signup == "open",
-        signups=SignupLimiter(limit=settings.signup_limit),
+        signups=SignupLimiter(limit=settings.signup_limit), devices=devices,
     ))
     app.include_router(build_admin_router(repository, sessions, guard, sampler, resources, loaded.name))
     app.include_router(build_share_router(
@@ -222,13 +230,16 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     ))
     # Configuring CORSMiddleware here makes Gradio drop its own CORS layer (which allows
     # any localhost origin with credentials); only origins the operator lists are allowed.
+    # innermost: needs the login the security middleware found
+    app.add_middleware(SessionBinding, functions=lambda: blocks.fns)
     app.add_middleware(
         CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_credentials=True,
         allow_methods=["GET", "POST"], allow_headers=["*"],
     )
     # the admin paths answer for themselves: 403 for everyone but an admin, no "please log in" hint
-    app.add_middleware(SecurityMiddleware, logged_in=logged_in, allowed_origins=settings.allowed_origins,
+    app.add_middleware(SecurityMiddleware, login_of=login_of, allowed_origins=settings.allowed_origins,
                        public_paths=(*PUBLIC_PATHS, *ADMIN_PATHS), own_login_check=SHARE_PATHS)
+    app.add_middleware(LoginGate, guard=guard, devices=devices)  # outermost: refuses a login flood first
 
     blocks = build_ui(holder, settings)
     size_queue(blocks, settings)
@@ -359,6 +370,17 @@ def start_engine_process(settings: Settings) -> tuple[LoadedModel, ProcessEngine
     return loaded, engine
 
 
+def proxy_options(settings: Settings) -> dict[str, object]:
+    """uvicorn believes X-Forwarded-For/-Proto only from ``CHAT_TRUSTED_PROXIES``; by default from no one.
+
+    Left to itself uvicorn trusts them from 127.0.0.1, so anything reaching the loopback (a local
+    user, a local proxy that passes the header on) could pick its own client address and walk
+    past the per-address login throttle."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(settings.trusted_proxies)}
+
+
 def serve(settings: Settings) -> int:
     """``python -m app serve``: load the model (or check the inference server), then run uvicorn until Ctrl-C."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -379,7 +401,8 @@ def serve(settings: Settings) -> int:
         log.info("%d linear layers on prepacked oneDNN kernels", packed)
     app = create_app(settings, loaded, engine)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10
+        app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10,
+        **proxy_options(settings),
     )
     server = DrainingServer(config, app.state.drain, app.state.end_page_streams, app.state.announce)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
