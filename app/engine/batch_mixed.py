@@ -127,7 +127,7 @@ class MixedStepMixin:
         return output.logits[0].float()
 
     def _time_mixed(self: Engine, rows: int, chunk: int = 0, depth: int = 0) -> float:
-        """Seconds for a step of ``rows`` decode rows (at ``depth``) and a ``chunk``-token prompt piece in slot ``rows``."""
+        """Seconds for ``rows`` decode rows (at ``depth``) plus a ``chunk``-token prompt piece in slot ``rows``."""
         tokens = [0] * (rows + chunk)
         positions = [depth] * rows + list(range(depth, depth + chunk))
         slots = list(range(rows)) + [rows] * chunk

@@ -134,7 +134,8 @@ class Engine(WorkerLoopMixin, BatchRowsMixin, MixedStepMixin, ReplyOutputMixin, 
         self._prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
         self._outbox: list[tuple[BatchRequest, str]] = []  # this step's deltas, delivered together
         self._attention_depth = float(DEFAULT_ATTENTION_DEPTH)
-        self._pacer = PrefillPacer(prefill_share, MIN_CHUNK_COLUMNS, self.prefill_chunk, self._attention_depth)
+        self._pacer = PrefillPacer(
+            prefill_share, min(MIN_CHUNK_COLUMNS, self.prefill_chunk), self.prefill_chunk, self._attention_depth)
         if self._mixed:
             enable_mixed_attention(loaded.model)
         self._steps = 0

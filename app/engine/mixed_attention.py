@@ -92,8 +92,13 @@ def mixed_attention(
         kv_length = mixed_step.decode_mask.shape[-1]
         rows_query = query[0, :, :decoding].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, dim]
         out, _ = sdpa_attention_forward(
-            module, rows_query, layer.key_buffer[:decoding, :, :kv_length], layer.value_buffer[:decoding, :, :kv_length],
-            mixed_step.decode_mask.to(query.dtype), is_causal=False, **kwargs,
+            module,
+            rows_query,
+            layer.key_buffer[:decoding, :, :kv_length],
+            layer.value_buffer[:decoding, :, :kv_length],
+            mixed_step.decode_mask.to(query.dtype),
+            is_causal=False,
+            **kwargs,
         )
         parts.append(out.reshape(decoding, *out.shape[2:]))  # [rows, heads, dim]
     for chunk in mixed_step.chunks:
