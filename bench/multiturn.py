@@ -49,6 +49,7 @@ try:  # engines before issue 21 had no prompt share (the bench also runs against
 except ImportError:
     DEFAULT_PREFILL_SHARE = None
 
+STREAM_TOKENS = 3000
 WORDS = [
     "the", "report", "river", "engine", "garden", "market", "window", "signal", "summer", "letter", "island",
     "method", "picture", "station", "theory", "number", "battery", "forest", "kitchen", "orbit", "paper",
@@ -152,12 +153,13 @@ async def stall(loaded: LoadedModel, form: PromptFormat, pacing: dict, rng: rand
     arrivals: list[list[float]] = [[] for _ in range(8)]
 
     async def stream_one(index: int, prompt: list[int]) -> None:
-        stream = await engine.submit(prompt, greedy(400))
+        # long enough to outlast the long prompt on a loaded machine (they are cancelled once it is in)
+        stream = await engine.submit(prompt, greedy(STREAM_TOKENS))
         async for _ in stream:
             arrivals[index].append(time.perf_counter())
 
     try:
-        prompts = [Chat(form).prompt(prose(rng, 25), 400) for _ in range(8)]
+        prompts = [Chat(form).prompt(prose(rng, 25), STREAM_TOKENS) for _ in range(8)]
         # tokenized before the streams start: tokenizing on this loop would pause our own clock
         long_prompt = Chat(form).prompt(prose(rng, 2350), 16)
         tasks = [asyncio.create_task(stream_one(i, p)) for i, p in enumerate(prompts)]
@@ -232,6 +234,7 @@ def main() -> None:
     parser.add_argument("--only", default="ttft,stall,static,day", help="comma-separated parts to run")
     parser.add_argument("--chunks", default="32,64,128,256", help="prefill chunk sizes (engines without mixed steps)")
     parser.add_argument("--shares", default="0.33,0.5,0.67", help="CHAT_PREFILL_SHARE values for the stall part")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side of the static comparison")
     parser.add_argument("--day-users", type=int, default=16)
     parser.add_argument("--day-turns", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -272,7 +275,7 @@ def main() -> None:
     if "static" in parts:
         prompts = make_prompts(loaded, 16, seed=args.seed)
         engine_rates, padded_rates = [], []
-        for _ in range(3):  # alternate, so load drift hits both alike
+        for _ in range(args.repeats):  # alternate, so load drift hits both alike
             padded_rates.append(padded_generate(loaded, prompts, 64))
             engine_rates.append(engine_all_at_once(loaded, prompts, 64))
         engine_rate, padded_rate = statistics.median(engine_rates), statistics.median(padded_rates)

@@ -51,20 +51,46 @@ class PromptChunk:
 
 
 @dataclass
+class DecodeGroup:
+    """Consecutive decode rows ``first..first + rows - 1`` attending together over ``kv_length`` columns."""
+
+    first: int
+    lengths: list[int]
+    mask: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        kv_length = max(self.lengths) + 1
+        allowed = torch.arange(kv_length).view(1, -1) <= torch.tensor(self.lengths).view(-1, 1)
+        self.mask = _additive(allowed).view(len(self.lengths), 1, 1, kv_length)
+
+
+@dataclass
 class MixedStep:
     """Who owns which tokens of one flat forward; passed to the attention function per call."""
 
     layers: list[Any]  # the SlotKVCache's layers, holding key_buffer / value_buffer
     decode_lengths: list[int]  # decode row i (slot i, flat token i) attends to columns 0..lengths[i]
     chunks: list[PromptChunk]
-    decode_mask: torch.Tensor | None = field(init=False)
+    decode_groups: list[DecodeGroup] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.decode_mask = None
-        if self.decode_lengths:
-            kv_length = max(self.decode_lengths) + 1
-            allowed = torch.arange(kv_length).view(1, -1) <= torch.tensor(self.decode_lengths).view(-1, 1)
-            self.decode_mask = _additive(allowed).view(len(self.decode_lengths), 1, 1, kv_length)
+        self.decode_groups = [DecodeGroup(first, lengths) for first, lengths in _groups(self.decode_lengths)]
+
+
+def _groups(lengths: list[int]) -> list[tuple[int, list[int]]]:
+    """Consecutive rows of similar length share one attention call; a row far longer or shorter starts a
+    new one, so nobody reads (masked) keys of a long row for nothing. Masked columns add exact zeros, so
+    the grouping never changes a row's result."""
+    groups: list[tuple[int, list[int]]] = []
+    for row, length in enumerate(lengths):
+        if groups:
+            current = groups[-1][1]
+            low, high = min(*current, length), max(*current, length)
+            if high <= 2 * low + 64:
+                current.append(length)
+                continue
+        groups.append((row, [length]))
+    return groups
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -86,21 +112,20 @@ def mixed_attention(
     kwargs.pop("is_causal", None)
     layer = mixed_step.layers[module.layer_idx]
     parts = []
-    decoding = len(mixed_step.decode_lengths)
-    if decoding:
-        assert mixed_step.decode_mask is not None
-        kv_length = mixed_step.decode_mask.shape[-1]
-        rows_query = query[0, :, :decoding].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, dim]
+    for group in mixed_step.decode_groups:
+        rows, kv_length = len(group.lengths), group.mask.shape[-1]
+        first, end = group.first, group.first + rows
+        rows_query = query[0, :, first:end].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, dim]
         out, _ = sdpa_attention_forward(
             module,
             rows_query,
-            layer.key_buffer[:decoding, :, :kv_length],
-            layer.value_buffer[:decoding, :, :kv_length],
-            mixed_step.decode_mask.to(query.dtype),
+            layer.key_buffer[first:end, :, :kv_length],
+            layer.value_buffer[first:end, :, :kv_length],
+            group.mask.to(query.dtype),
             is_causal=False,
             **kwargs,
         )
-        parts.append(out.reshape(decoding, *out.shape[2:]))  # [rows, heads, dim]
+        parts.append(out.reshape(rows, *out.shape[2:]))  # [rows, heads, dim]
     for chunk in mixed_step.chunks:
         end = chunk.start + chunk.count
         out, _ = sdpa_attention_forward(
