@@ -6,8 +6,11 @@ Each turn of the loop admits waiting requests into free rows, runs one bounded
 prefill chunk for prompts still being read, and one decode step for every reply
 being written, then retires finished or cancelled rows. So a newcomer never waits
 for the batch to drain, and a long prompt (a pasted document) delays the running
-streams by one chunk per token, not by its whole prefill (Sarathi-Serve's idea,
-with chunk and decode as two forwards rather than one mixed one).
+streams by one chunk per token, not by its whole prefill (Sarathi-Serve's idea).
+Llama-family models run each turn as one mixed forward (``batch_mixed``): the
+decode rows' tokens and a prompt share sized by time (``prefill_pacer``,
+``CHAT_PREFILL_SHARE``) read the weights once; other models (GPT-2 / DialoGPT)
+run the chunk and the decode step as two forwards.
 
 A request's prompt is first matched against the prefix cache (the KV of earlier
 requests, keyed by token ids): the next turn of a chat prefills only its new turn.
@@ -20,6 +23,7 @@ way SGLang assembles its scheduler, one mixin per job:
 - this module: construction, the event-loop side (the ``ChatEngine`` contract) and ``_forward``;
 - ``batch_worker.WorkerLoopMixin``: the worker thread's loop, warm-up and shutdown;
 - ``batch_rows.BatchRowsMixin``: rows in KV slots (admit, prefill chunks, decode, retire);
+- ``batch_mixed.MixedStepMixin``: the one-forward step of Llama-family models;
 - ``batch_output.ReplyOutputMixin``: token choice and delivery of text and results to the event loops.
 """
 
