@@ -58,7 +58,8 @@ class Settings:
     # through the interpreter lock (False: a thread of the web process, as before issue 24)
     engine_process: bool = True
     kv_cache_mb: float = 2048.0
-    prefill_chunk: int = 64
+    prefill_chunk: int = 0  # 0: the engine's default (a cap of 512 on Llama's mixed steps, else 64)
+    prefill_share: float = 0.5  # the part of a mixed step a prompt being read may take while replies stream
     kv_reserve_tokens: int = 4096
     allowed_origins: tuple[str, ...] = ()
     # addresses (or networks) of reverse proxies whose X-Forwarded-For/-Proto are believed; empty: none,
@@ -84,6 +85,9 @@ class Settings:
         protocol = (env.get("CHAT_ENGINE_PROTOCOL") or "llamacpp").strip().lower()
         if protocol not in {"llamacpp", "openai"}:
             raise SystemExit(f"CHAT_ENGINE_PROTOCOL must be 'llamacpp' or 'openai', not {protocol!r}")
+        prefill_share = _float(env, "CHAT_PREFILL_SHARE", 0.5)
+        if not 0.0 < prefill_share < 1.0:
+            raise SystemExit(f"CHAT_PREFILL_SHARE must be between 0 and 1 (exclusive), not {prefill_share}")
         return cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -103,7 +107,8 @@ class Settings:
             fast_kernels=_flag(env, "CHAT_FAST_KERNELS", True),
             engine_process=_flag(env, "CHAT_ENGINE_PROCESS", True),
             kv_cache_mb=_float(env, "CHAT_KV_CACHE_MB", 2048.0),
-            prefill_chunk=_int(env, "CHAT_PREFILL_CHUNK", 64),
+            prefill_chunk=_int(env, "CHAT_PREFILL_CHUNK", 0),
+            prefill_share=prefill_share,
             kv_reserve_tokens=_int(env, "CHAT_KV_RESERVE_TOKENS", 4096),
             allowed_origins=tuple(o.strip() for o in (env.get("CHAT_ALLOWED_ORIGINS") or "").split(",") if o.strip()),
             trusted_proxies=_list(env, "CHAT_TRUSTED_PROXIES"),

@@ -132,13 +132,7 @@ class BatchRowsMixin:
             logits = self._forward([[r.generated[-1]] for r in batch], lengths, [1] * len(batch), 1)
         except Exception as error:
             log.exception("decode step failed")
-            for request in list(batch):
-                self._finish(request, "error", error=f"generation failed: {error}")
-            with self._lock:
-                self._running.clear()
-                for request in self._prefilling:  # their rows were in the buffers being dropped
-                    request.prefilled = 0
-            self._cache.release()
+            self._fail_decoding(error)
             return
         self._steps += 1
         for index, request in enumerate(batch):
@@ -146,6 +140,16 @@ class BatchRowsMixin:
             self._accept_token(request, self._choose(request, logits[index]))
         self._flush_outbox()
         self._retire_finished()
+
+    def _fail_decoding(self: Engine, error: Exception) -> None:
+        """A decode forward failed: its rows end with the error, and the slots are rebuilt from scratch."""
+        for request in list(self._running):
+            self._finish(request, "error", error=f"generation failed: {error}")
+        with self._lock:
+            self._running.clear()
+            for request in self._prefilling:  # their rows were in the buffers being dropped
+                request.prefilled = 0
+        self._cache.release()
 
     def _retire_finished(self: Engine) -> None:
         for request in [r for r in self._running if r.finish_reason is not None]:

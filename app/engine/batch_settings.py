@@ -4,9 +4,17 @@ Shared by the engine's parts (``batcher``, ``batch_rows``, ``batch_worker``) and
 by the benchmarks that picked them, so each number lives in one place.
 """
 
-# Tokens per prefill chunk while replies stream: the longest pause a new prompt can
-# put between two tokens of someone else's reply (picked with bench/multiturn.py).
+# Tokens per prefill chunk while replies stream. Separate chunk forwards (GPT-2 and other
+# non-Llama models): the longest pause a new prompt can put between two tokens of someone
+# else's reply (picked with bench/multiturn.py). Mixed steps (Llama family): only a cap,
+# the count comes from PREFILL_SHARE and the measured step times.
 PREFILL_CHUNK = 64
+# Mixed steps: the part of a step's time a prompt being read may take while replies
+# stream. 0.5: streams at most ~2x slower, the prompt ~2x its solo time (r = s / (s - 1)).
+DEFAULT_PREFILL_SHARE = 0.5
+# Mixed steps: the most prompt tokens one step may carry while replies stream (a cap, the
+# time budget above decides; a setting of 0 for the chunk picks this or PREFILL_CHUNK).
+MIXED_PREFILL_CAP = 512
 # Tokens per prefill forward when nothing streams: only throughput matters then.
 IDLE_PREFILL_TOKENS = 2048
 # Fewest columns per row in a prefill chunk, so many short prompts share one forward.

@@ -23,6 +23,9 @@ from app.engine.batch_settings import (
     MIN_CHUNK_COLUMNS,
 )
 from app.engine.kv_cache import SlotKVCache
+from app.engine.mixed_attention import PromptChunk
+from app.engine.prefix_cache import MIN_TOKENS_TO_KEEP
+from app.engine.prompting import shared_prompt_start
 
 if TYPE_CHECKING:
     from app.engine.batcher import Engine
@@ -55,6 +58,10 @@ class WorkerLoopMixin:
                 self._retire_cancelled()
                 for request in newcomers:
                     self._start_prefill(request)
+                if self._mixed:
+                    if self._running or self._prefilling:
+                        self._mixed_step()
+                    continue
                 if self._prefilling:
                     self._prefill_chunk()
                 if self._running:
@@ -69,6 +76,11 @@ class WorkerLoopMixin:
         first users' time to first token. Requests submitted meanwhile just queue.
         """
         started = time.perf_counter()
+        if self._mixed:
+            self._warm_up_mixed()
+            log.info("engine warmed up in %.1f s", time.perf_counter() - started)
+            self._ready.set()
+            return
         try:
             dummy = 8
             rows = self.max_batch_size
@@ -81,6 +93,41 @@ class WorkerLoopMixin:
             log.exception("engine warm-up failed")
         log.info("engine warmed up in %.1f s", time.perf_counter() - started)
         self._ready.set()
+
+    def _warm_up_mixed(self: Engine) -> None:
+        """The mixed path's warm-up: the same shapes, timed, so the pacer starts from this machine's figures."""
+        try:
+            rows, dummy = self.max_batch_size, 8
+            self._cache.ensure_capacity(self.kv_reserve_tokens)
+            self._time_mixed(0, dummy * rows)
+            for _ in range(2):  # the first pass builds oneDNN's kernels; the second is timed
+                for batch in range(rows, 0, -1):
+                    self._pacer.decode_seconds[batch] = self._time_mixed(batch, 0, dummy)
+            self._attention_depth = self._pacer.attention_depth = self._measure_attention_depth()
+            self._pacer.token_seconds = self._measure_token_seconds()
+            self._seed_shared_prefix()
+        except Exception:  # warm-up is an optimisation; serving reports real faults
+            log.exception("engine warm-up failed")
+
+    def _measure_token_seconds(self: Engine) -> float:
+        """A prompt token's marginal time in a step that also decodes: the step's time less the pure decode."""
+        rows = min(self.max_batch_size - 1, 8)
+        width = 64
+        timings = [self._time_mixed(rows, width, 16) for _ in range(3)]
+        decode = self._pacer.decode_seconds.get(rows, 0.0) if rows else 0.0
+        return max(min(timings) - decode, min(timings) / 4) / width
+
+    def _seed_shared_prefix(self: Engine) -> None:
+        """Prefill the start every first prompt shares (the template's default system turn) into the prefix cache."""
+        if not self._prefix_cache.enabled:
+            return
+        shared = shared_prompt_start(self.loaded)
+        if len(shared) < MIN_TOKENS_TO_KEEP or len(shared) + 1 > self.kv_reserve_tokens:
+            return
+        positions = list(range(len(shared)))
+        self._flat_forward(shared, positions, [0] * len(shared), [], [PromptChunk(0, 0, 0, len(shared))], [0])
+        self._remember(shared, 0)
+        log.info("the prefix cache starts with the %d tokens every new chat shares", len(shared))
 
     def _measure_attention_depth(self: Engine) -> float:
         """How deep into a prompt a token's attention costs as much as its matrix products.
@@ -97,7 +144,10 @@ class WorkerLoopMixin:
         timings = {}
         for start in (0, depth, 0, depth):
             began = time.perf_counter()
-            self._forward([[0] * width], [start], [width], width)
+            if self._mixed:
+                self._time_mixed(0, width, start)
+            else:
+                self._forward([[0] * width], [start], [width], width)
             elapsed = time.perf_counter() - began
             timings[start] = min(elapsed, timings.get(start, elapsed))
         growth = timings[depth] / timings[0] - 1

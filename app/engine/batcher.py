@@ -6,8 +6,11 @@ Each turn of the loop admits waiting requests into free rows, runs one bounded
 prefill chunk for prompts still being read, and one decode step for every reply
 being written, then retires finished or cancelled rows. So a newcomer never waits
 for the batch to drain, and a long prompt (a pasted document) delays the running
-streams by one chunk per token, not by its whole prefill (Sarathi-Serve's idea,
-with chunk and decode as two forwards rather than one mixed one).
+streams by one chunk per token, not by its whole prefill (Sarathi-Serve's idea).
+Llama-family models run each turn as one mixed forward (``batch_mixed``): the
+decode rows' tokens and a prompt share sized by time (``prefill_pacer``,
+``CHAT_PREFILL_SHARE``) read the weights once; other models (GPT-2 / DialoGPT)
+run the chunk and the decode step as two forwards.
 
 A request's prompt is first matched against the prefix cache (the KV of earlier
 requests, keyed by token ids): the next turn of a chat prefills only its new turn.
@@ -20,6 +23,7 @@ way SGLang assembles its scheduler, one mixin per job:
 - this module: construction, the event-loop side (the ``ChatEngine`` contract) and ``_forward``;
 - ``batch_worker.WorkerLoopMixin``: the worker thread's loop, warm-up and shutdown;
 - ``batch_rows.BatchRowsMixin``: rows in KV slots (admit, prefill chunks, decode, retire);
+- ``batch_mixed.MixedStepMixin``: the one-forward step of Llama-family models;
 - ``batch_output.ReplyOutputMixin``: token choice and delivery of text and results to the event loops.
 """
 
@@ -34,14 +38,18 @@ from typing import Any
 
 import torch
 
+from app.engine.batch_mixed import MixedStepMixin
 from app.engine.batch_output import ReplyOutputMixin
 from app.engine.batch_request import BatchRequest
 from app.engine.batch_rows import BatchRowsMixin
 from app.engine.batch_settings import (
     DEFAULT_ATTENTION_DEPTH,
     DEFAULT_KV_RESERVE_TOKENS,
+    DEFAULT_PREFILL_SHARE,
     DEFAULT_PREFIX_CACHE_MB,
     IDLE_PREFILL_TOKENS,
+    MIN_CHUNK_COLUMNS,
+    MIXED_PREFILL_CAP,
     PREFILL_CHUNK,
 )
 from app.engine.batch_worker import WorkerLoopMixin
@@ -60,13 +68,16 @@ from app.engine.contract import (
 )
 from app.engine.kv_cache import SlotKVCache
 from app.engine.loading import LoadedModel
+from app.engine.mixed_attention import enable_mixed_attention, supports_mixed_batches
 from app.engine.params import SamplingParams
+from app.engine.prefill_pacer import PrefillPacer
 from app.engine.prefix_cache import PrefixCache
 
 # Names importable from here before the contract and the settings had their own modules.
 __all__ = [
     "DEFAULT_ATTENTION_DEPTH",
     "DEFAULT_KV_RESERVE_TOKENS",
+    "DEFAULT_PREFILL_SHARE",
     "DEFAULT_PREFIX_CACHE_MB",
     "IDLE_PREFILL_TOKENS",
     "PREFILL_CHUNK",
@@ -82,7 +93,7 @@ __all__ = [
 ]
 
 
-class Engine(WorkerLoopMixin, BatchRowsMixin, ReplyOutputMixin, ChatEngine):
+class Engine(WorkerLoopMixin, BatchRowsMixin, MixedStepMixin, ReplyOutputMixin, ChatEngine):
     """The continuous-batching generation engine (see the module docstring)."""
 
     def __init__(
@@ -91,15 +102,17 @@ class Engine(WorkerLoopMixin, BatchRowsMixin, ReplyOutputMixin, ChatEngine):
         *,
         max_batch_size: int = 16,
         max_queue: int = 64,
-        prefill_chunk: int = PREFILL_CHUNK,
+        prefill_chunk: int = 0,
         idle_prefill_tokens: int = IDLE_PREFILL_TOKENS,
         prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
         kv_reserve_tokens: int = DEFAULT_KV_RESERVE_TOKENS,
+        prefill_share: float = DEFAULT_PREFILL_SHARE,
+        mixed_batches: bool = True,
     ) -> None:
         if max_batch_size < 1 or max_queue < 0:
             raise ValueError("max_batch_size must be >= 1 and max_queue >= 0")
-        if prefill_chunk < 1 or prefix_cache_mb < 0:
-            raise ValueError("prefill_chunk must be >= 1 and prefix_cache_mb >= 0")
+        if prefill_chunk < 0 or prefix_cache_mb < 0:
+            raise ValueError("prefill_chunk must be >= 0 (0: the default) and prefix_cache_mb >= 0")
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -108,7 +121,9 @@ class Engine(WorkerLoopMixin, BatchRowsMixin, ReplyOutputMixin, ChatEngine):
         self.vocab_size = _vocab_size(loaded.model)
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
-        self.prefill_chunk = prefill_chunk
+        # Llama-family models run each step as one forward (batch_mixed); others keep two forwards
+        self._mixed = mixed_batches and supports_mixed_batches(loaded.model)
+        self.prefill_chunk = prefill_chunk or (MIXED_PREFILL_CAP if self._mixed else PREFILL_CHUNK)
         self.idle_prefill_tokens = idle_prefill_tokens
         self.kv_reserve_tokens = max(1, min(kv_reserve_tokens, self.context_length + 1))
         self._lock = threading.Condition()
@@ -123,6 +138,10 @@ class Engine(WorkerLoopMixin, BatchRowsMixin, ReplyOutputMixin, ChatEngine):
         self._prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20))
         self._outbox: list[tuple[BatchRequest, str]] = []  # this step's deltas, delivered together
         self._attention_depth = float(DEFAULT_ATTENTION_DEPTH)
+        self._pacer = PrefillPacer(
+            prefill_share, min(MIN_CHUNK_COLUMNS, self.prefill_chunk), self.prefill_chunk, self._attention_depth)
+        if self._mixed:
+            enable_mixed_attention(loaded.model)
         self._steps = 0
         self._generated_tokens = 0
         self._ready = threading.Event()

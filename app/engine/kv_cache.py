@@ -69,6 +69,8 @@ class SlotLayer(DynamicLayer):
         flat = owner.flat_index(self.heads)
         self.key_buffer.view(-1, self.head_dim).index_copy_(0, flat, key_states.reshape(-1, self.head_dim))
         self.value_buffer.view(-1, self.head_dim).index_copy_(0, flat, value_states.reshape(-1, self.head_dim))
+        if owner.step_tokens is not None:  # a mixed step: attention reads the buffers row by row
+            return key_states, value_states
         self.keys = self.key_buffer[first : first + rows, :, : owner.step_kv_length]
         self.values = self.value_buffer[first : first + rows, :, : owner.step_kv_length]
         return self.keys, self.values
@@ -100,6 +102,7 @@ class SlotKVCache(Cache):
         self.step_columns = torch.zeros((max_rows, 1), dtype=torch.long)
         self.step_chunk = 1
         self.step_kv_length = 1
+        self.step_tokens: tuple[torch.Tensor, torch.Tensor] | None = None  # (slots, columns) of a mixed step
         self._flat_indexes: dict[int, torch.Tensor] = {}
         super().__init__(layers=[SlotLayer(self, heads, dim) for heads, dim in layer_shapes])
 
@@ -179,11 +182,26 @@ class SlotKVCache(Cache):
         self.step_chunk = chunk
         self._flat_indexes = {}
         self.step_kv_length = longest
+        self.step_tokens = None
+
+    def prepare_tokens(self, slots: list[int], columns: list[int]) -> None:
+        """Before a mixed forward of one flat sequence: token ``t`` goes to slot ``slots[t]``, column ``columns[t]``."""
+        self.ensure_capacity(max(columns) + 1)
+        self.step_tokens = (torch.tensor(slots), torch.tensor(columns))
+        self.step_first_row = 0
+        self.step_chunk = len(slots)
+        self.step_kv_length = max(columns) + 1
+        self._flat_indexes = {}
 
     def flat_index(self, heads: int) -> torch.Tensor:
         """Where this step's ``[rows, heads, chunk]`` vectors go in a buffer viewed as ``[-1, head_dim]``."""
         index = self._flat_indexes.get(heads)
-        if index is None:
+        if index is None and self.step_tokens is not None:  # keys arrive as [1, heads, tokens, dim]
+            slots, columns = self.step_tokens
+            row_heads = slots.view(1, -1) * heads + torch.arange(heads).view(-1, 1)
+            index = (row_heads * self.capacity + columns.view(1, -1)).reshape(-1)
+            self._flat_indexes[heads] = index
+        elif index is None:
             row_heads = self.step_rows.view(-1, 1, 1) * heads + torch.arange(heads).view(1, -1, 1)
             index = (row_heads * self.capacity + self.step_columns.unsqueeze(1)).reshape(-1)
             self._flat_indexes[heads] = index

@@ -85,6 +85,7 @@ class EngineSettings(Protocol):
     max_batch_size: int
     max_queue: int
     prefill_chunk: int
+    prefill_share: float
     kv_cache_mb: float
     kv_reserve_tokens: int
 
@@ -100,6 +101,7 @@ def engine_process_config(settings: EngineSettings) -> EngineProcessConfig:
             "max_batch_size": settings.max_batch_size,
             "max_queue": settings.max_queue,
             "prefill_chunk": settings.prefill_chunk,
+            "prefill_share": settings.prefill_share,
             "prefix_cache_mb": settings.kv_cache_mb,
             "kv_reserve_tokens": settings.kv_reserve_tokens,
         },

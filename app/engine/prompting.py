@@ -159,3 +159,19 @@ def _leading_system(history: Sequence[Turn]) -> list[Turn]:
             break
         leading.append(turn)
     return leading
+
+
+def shared_prompt_start(loaded: Any) -> list[int]:
+    """The ids every first prompt starts with (a template's default system turn), found by
+    building two first prompts and keeping what they share; empty for models without a template."""
+    try:
+        form = PromptFormat(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
+    except ValueError:
+        return []
+    if not form.uses_chat_template:
+        return []
+    first, second = form.user_turn([], PROBE_USER), form.user_turn([], PROBE_REPLY)
+    shared = 0
+    while shared < min(len(first), len(second)) and first[shared] == second[shared]:
+        shared += 1
+    return list(first[:shared])

@@ -331,6 +331,7 @@ def build_engine(settings: Settings, loaded: LoadedModel) -> ChatEngine:
         max_batch_size=settings.max_batch_size,
         max_queue=settings.max_queue,
         prefill_chunk=settings.prefill_chunk,
+        prefill_share=settings.prefill_share,
         prefix_cache_mb=settings.kv_cache_mb,
         kv_reserve_tokens=settings.kv_reserve_tokens,
     )

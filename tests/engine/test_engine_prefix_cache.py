@@ -160,7 +160,8 @@ async def test_prompts_finishing_prefill_out_of_order_stay_exact(tiny_llama):
 
 
 async def test_cancelling_mid_prefill_keeps_what_was_computed(tiny_llama):
-    long_prompt = Chat(tiny_llama).prompt("a long pasted document " * 40, 8)
+    # long enough to be mid-prefill when cancelled: one mixed forward per 16-token chunk is quick
+    long_prompt = Chat(tiny_llama).prompt("a long pasted document " * 80, 8)
     async with running_engine(tiny_llama, max_batch_size=2, prefill_chunk=16) as engine:
         keep_busy = await engine.submit(Chat(tiny_llama).prompt("Busy.", 300), greedy(300, min_new_tokens=300))
         await wait_until(lambda: keep_busy.started, what="the stream to start")
