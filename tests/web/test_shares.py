@@ -236,12 +236,13 @@ async def test_anonymous_readers_only_with_public_shares(repository, make_user, 
     link = await ShareService(repository).share("alice", chat.id)
     sessions = SessionManager(LoginSessions(repository))
 
-    async def logged_in(request) -> bool:
-        return await sessions.current(request) is not None
+    async def login_of(request) -> str | None:
+        login = await sessions.current(request)
+        return None if login is None else str(login.user.id)
 
     app = FastAPI()
     app.include_router(build_share_router(lambda: ShareService(repository), lambda: sessions, public=public))
-    app.add_middleware(SecurityMiddleware, logged_in=logged_in, own_login_check=SHARE_PATHS)
+    app.add_middleware(SecurityMiddleware, login_of=login_of, own_login_check=SHARE_PATHS)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as anonymous:
         read = await anonymous.get(f"/share/{link.id}")
