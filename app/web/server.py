@@ -55,7 +55,7 @@ from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web.resources import ServerResources
 from app.web.security import PUBLIC_PATHS, SecurityMiddleware
-from app.web.session_binding import UNKNOWN_LOGIN, SessionBinding
+from app.web.session_binding import UNKNOWN_LOGIN
 from app.web.share_routes import SHARE_PATHS, build_share_router
 from storage.database import Database
 from storage.errors import StorageUnavailable
@@ -230,8 +230,6 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     ))
     # Configuring CORSMiddleware here makes Gradio drop its own CORS layer (which allows
     # any localhost origin with credentials); only origins the operator lists are allowed.
-    # innermost: needs the login the security middleware found
-    app.add_middleware(SessionBinding, functions=lambda: blocks.fns)
     app.add_middleware(
         CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_credentials=True,
         allow_methods=["GET", "POST"], allow_headers=["*"],
