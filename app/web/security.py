@@ -16,8 +16,6 @@
   ``/healthz`` and the routes that check logins themselves (a share link's three routes,
   matched whole): the chat page sends people to the login page, every other route
   (Gradio's API, ``/gradio_api/cancel``, its assets and schema) answers 401.
-- Who is logged in is left in ``scope["state"]["login"]`` for ``SessionBinding``
-  (app/web/session_binding.py), which binds each page session to its login.
 """
 
 from __future__ import annotations
@@ -92,6 +90,11 @@ def _host_without_default_port(host: str, scheme: str) -> str:
     return host
 
 
+# what ``login_of`` answers when the database cannot say who is asking: let the route answer
+# for itself (the page says the server cannot reach its database) instead of a bare 401
+UNKNOWN_LOGIN = "\0unknown"
+
+
 class SecurityMiddleware:
     def __init__(
         self,
@@ -155,11 +158,10 @@ class SecurityMiddleware:
             response = PlainTextResponse("This server accepts no file uploads.", 403)
             await self._answer(scope, receive, send, response)
             return
-        public = (path.rstrip("/") or "/") in self.public_paths
-        login = None if public else await self.login_of(Request(scope))
-        if login is not None:
-            scope.setdefault("state", {})["login"] = login
-        elif not public and not self.checks_login_itself(path):
+        if (
+            (path.rstrip("/") or "/") not in self.public_paths and not self.checks_login_itself(path)
+            and await self.login_of(Request(scope)) is None
+        ):
             if method in ("GET", "HEAD") and path in self.page_paths:
                 target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                 response = RedirectResponse("/login?next=" + quote(target, safe=""), 303)

@@ -54,8 +54,7 @@ from app.web.metrics import ServerMetrics, build_metrics_router
 from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web.resources import ServerResources
-from app.web.security import PUBLIC_PATHS, SecurityMiddleware
-from app.web.session_binding import UNKNOWN_LOGIN
+from app.web.security import PUBLIC_PATHS, UNKNOWN_LOGIN, SecurityMiddleware
 from app.web.share_routes import SHARE_PATHS, build_share_router
 from storage.database import Database
 from storage.errors import StorageUnavailable

@@ -122,7 +122,7 @@ def test_a_known_browser_logs_in_through_a_strangers_failures_from_its_address(s
         assert login(browser, server, "vera", PASSWORD).status_code == 429
 
 
-# 3. (a page's session bound to its login: app/web/session_binding.py, not wired yet, see there)
+# 3. (a page's session bound to its login: taken out again, see the README's security notes)
 
 def raw_login_start(server, address: str, declared: int = 1000) -> socket.socket:
     """A login post that declares a body and sends only its start (what a slow or hostile client does)."""
