@@ -391,11 +391,66 @@ async def test_a_populated_database_upgrades_to_head_without_loss(database_url):
     finally:
         await database.dispose()
 
-    await asyncio.to_thread(downgrade, database_url, "-1")  # un-pinning the schema loses no message
+    await asyncio.to_thread(downgrade, database_url, "0005")  # un-pinning the schema loses no message
     engine = create_engine(database_url)
     try:
         async with engine.connect() as connection:
             assert (await connection.execute(text("SELECT count(*) FROM messages"))).scalar_one() == 3
+    finally:
+        await engine.dispose()
+
+
+PRE_SHARE_TABLES = ("users", "conversations", "messages", "login_sessions", "ratings")
+
+
+async def every_row(url: str) -> dict[str, list[tuple]]:
+    """Every row of the tables that existed at 0006, in a fixed order, as plain values."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            rows = {}
+            for table in PRE_SHARE_TABLES:
+                result = await connection.execute(text(f"SELECT * FROM {table}"))
+                rows[table] = sorted((tuple(row) for row in result), key=repr)
+            return rows
+    finally:
+        await engine.dispose()
+
+
+async def test_a_database_populated_at_0006_upgrades_to_head_with_every_row_unchanged(database_url):
+    """0007 (share links) and 0008 (admin audit) only add tables: every earlier row stays as it was,
+    and the new tables start empty and work."""
+    await asyncio.to_thread(upgrade, database_url, "0006")
+    database = Database(database_url)
+    try:
+        repository = Repository(database)
+        alice = await repository.create_user("alice", "hash-a", is_admin=True)
+        bob = await repository.create_user("bob", "hash-b")
+        for user in (alice, bob):
+            for number in range(3):
+                chat = await repository.create_conversation(user.id, f"{user.username} chat {number}", "m")
+                stored = await repository.append_messages(user.id, chat.id, [
+                    NewMessage("user", f"question {number} ✓", [1, 2, 70_000 + number]),
+                    NewMessage("assistant", f"answer {number}", [3, 4], params={"temperature": 0.5},
+                               finish_reason="eos", prompt_tokens=3, completion_tokens=2, latency_ms=12),
+                ])
+                await repository.set_rating(user.id, chat.id, stored[-1].id, ("up", "down")[number % 2], "why")
+                if number == 0:
+                    await repository.set_pinned(user.id, chat.id, True)
+            await repository.create_login_session(user.id, user.username[0] * 64, utcnow() + timedelta(days=1))
+    finally:
+        await database.dispose()
+    before = await every_row(database_url)
+    assert all(before[table] for table in PRE_SHARE_TABLES)
+
+    await asyncio.to_thread(upgrade, database_url)
+    assert await every_row(database_url) == before
+    assert await model_differences(database_url) == []
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            for table in ("share_links", "share_snapshots", "admin_audit"):
+                assert (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one() == 0
     finally:
         await engine.dispose()
 
