@@ -33,6 +33,7 @@ from typing import Any
 
 from storage.errors import InvalidInput, NotFound, StorageUnavailable
 from storage.repository import MessageRecord, NewMessage, Repository
+from storage.repository.convert import message_json
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +53,13 @@ class PendingReply:
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_json(self) -> dict[str, Any]:
-        message = self.message
         return {
             "key": self.key,
             "user_id": self.user_id,
             "conversation_id": self.conversation_id,
             "after_seq": self.after_seq,
             "replace": self.replace,
-            "message": {
-                "role": message.role,
-                "content": message.content,
-                "token_ids": list(message.token_ids),
-                "params": message.params,
-                "finish_reason": message.finish_reason,
-                "prompt_tokens": message.prompt_tokens,
-                "completion_tokens": message.completion_tokens,
-                "latency_ms": message.latency_ms,
-                "created_at": message.created_at.isoformat() if message.created_at else None,
-            },
+            "message": message_json(self.message),
         }
 
     @classmethod

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.models import MODEL_CACHE
+from tests.models import MODEL_CACHE, SERVER_CONTEXT, build_tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -130,6 +130,18 @@ def running_server(data_dir: Path, model: str, **env: str) -> Iterator[ServerPro
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def tiny_team_server(tmp_path_factory, label: str, testers: Sequence[str], password: str, **env: str
+                     ) -> Iterator[ServerProcess]:
+    """A server on a fresh tiny Llama with these testers added: what a server test module starts once."""
+    model = build_tiny_llama(tmp_path_factory.mktemp(f"{label}-model"), max_positions=SERVER_CONTEXT)
+    data = tmp_path_factory.mktemp(f"{label}-data")
+    with running_server(data, str(model), **env) as process:
+        for name in testers:
+            add_user(data, name, password)
+        yield process
 
 
 async def read_stored(database_url: str, username: str, conversation_id: str):

@@ -4,6 +4,7 @@ become rows on the way in (one place, so a stored chat and an imported one are b
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from storage.models import Conversation, Message, Rating, User
 from storage.repository.checks import RATING_NAMES
@@ -79,3 +80,19 @@ def conversation_summary(conversation: Conversation, message_count: int = 0) -> 
         message_count,
         bool(conversation.pinned),
     )
+
+
+def message_json(message: NewMessage | MessageRecord) -> dict[str, Any]:
+    """A message's own fields as JSON, the way the journal and a share's snapshot both keep them
+    (token ids as a list, the time as ISO text, None when not yet given)."""
+    return {
+        "role": message.role,
+        "content": message.content,
+        "token_ids": list(message.token_ids),
+        "params": message.params,
+        "finish_reason": message.finish_reason,
+        "prompt_tokens": message.prompt_tokens,
+        "completion_tokens": message.completion_tokens,
+        "latency_ms": message.latency_ms,
+        "created_at": message.created_at.isoformat() if message.created_at else None,
+    }

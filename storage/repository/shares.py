@@ -20,6 +20,7 @@ from storage.errors import Conflict, NotFound
 from storage.models import SHARE_ID_MAX, ShareLink, ShareSnapshot, User, utcnow
 from storage.repository.base import RepositoryBase
 from storage.repository.checks import storable
+from storage.repository.convert import message_json
 from storage.repository.records import MessageRecord
 
 LINKS_LISTED = 200
@@ -70,15 +71,7 @@ class SharedChat:
 def frozen_message(message: MessageRecord, model: str) -> dict[str, Any]:
     """A message as JSON for the snapshot: what the share page shows and what a copy continues from."""
     return {
-        "role": message.role,
-        "content": message.content,
-        "token_ids": list(message.token_ids),
-        "params": message.params,
-        "finish_reason": message.finish_reason,
-        "prompt_tokens": message.prompt_tokens,
-        "completion_tokens": message.completion_tokens,
-        "latency_ms": message.latency_ms,
-        "created_at": message.created_at.isoformat(),
+        **message_json(message),
         "model": str((message.params or {}).get("model") or model),
         "version": message.version,
         "version_count": message.version_count,

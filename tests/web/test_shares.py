@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from tests.browser import ARTIFACTS, DESKTOP, PHONE, browser_pages, log_in, row_menu, wait_for, wait_until_settled
-from tests.models import SERVER_CONTEXT, build_tiny_llama
-from tests.support import add_user, api_client, login_cookies, read_stored, running_server
+from tests.support import api_client, login_cookies, read_stored, tiny_team_server
 
 PASSWORD = "shares-password"
 HTML = {"Accept": "text/html"}
@@ -25,11 +24,8 @@ LINK = re.compile(r"/share/([A-Za-z0-9_-]{16,64})")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model = build_tiny_llama(tmp_path_factory.mktemp("shares-model"), max_positions=SERVER_CONTEXT)
-    data = tmp_path_factory.mktemp("shares-data")
-    with running_server(data, str(model), CHAT_RATE_LIMIT="200") as process:
-        for name in ("alice", "bob", "carol"):
-            add_user(data, name, PASSWORD)
+    testers = ("alice", "bob", "carol")
+    with tiny_team_server(tmp_path_factory, "shares", testers, PASSWORD, CHAT_RATE_LIMIT="200") as process:
         yield process
 
 

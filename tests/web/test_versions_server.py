@@ -18,19 +18,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.models import SERVER_CONTEXT, build_tiny_llama, smollm2_folder
-from tests.support import PYTHON, ROOT, add_user, api_client, login_cookies, read_stored, running_server
+from tests.models import smollm2_folder
+from tests.support import PYTHON, ROOT, api_client, login_cookies, read_stored, tiny_team_server
 
 PASSWORD = "versions-password"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model = build_tiny_llama(tmp_path_factory.mktemp("versions-model"), max_positions=SERVER_CONTEXT)
-    data = tmp_path_factory.mktemp("versions-data")
-    with running_server(data, str(model), CHAT_RATE_LIMIT="200") as process:
-        for name in ("alice", "bob", "carol"):
-            add_user(data, name, PASSWORD)
+    testers = ("alice", "bob", "carol")
+    with tiny_team_server(tmp_path_factory, "versions", testers, PASSWORD, CHAT_RATE_LIMIT="200") as process:
         yield process
 
 

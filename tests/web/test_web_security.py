@@ -29,8 +29,7 @@ from app.web.page.message_window import PAGE_MESSAGES
 from storage.database import Database
 from storage.models import utcnow
 from storage.repository import NewMessage, Repository
-from tests.models import SERVER_CONTEXT, build_tiny_llama
-from tests.support import PYTHON, ROOT, add_user, api_client, login_cookies, running_server
+from tests.support import PYTHON, ROOT, add_user, api_client, login_cookies, tiny_team_server
 
 PASSWORD = "password-123"
 ELSEWHERE = "http://127.0.0.1:9"  # another port of the same host: same site, other origin
@@ -38,11 +37,8 @@ ELSEWHERE = "http://127.0.0.1:9"  # another port of the same host: same site, ot
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model = build_tiny_llama(tmp_path_factory.mktemp("security-model"), max_positions=SERVER_CONTEXT)
-    data = tmp_path_factory.mktemp("security-data")
-    with running_server(data, str(model), CHAT_SIGNUP="open", CHAT_SIGNUP_LIMIT="5") as process:
-        for name in ("alice", "bob", "erin"):
-            add_user(data, name, PASSWORD)
+    settings = {"CHAT_SIGNUP": "open", "CHAT_SIGNUP_LIMIT": "5"}
+    with tiny_team_server(tmp_path_factory, "security", ("alice", "bob", "erin"), PASSWORD, **settings) as process:
         yield process
 
 
