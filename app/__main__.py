@@ -1,4 +1,4 @@
-"""``python -m app``: serve, migrate, manage users, export and import logs.
+"""``python -m app``: serve, migrate, manage users, export and import logs, read the leaderboard.
 
 Every subcommand reads the same settings (``CHAT_*`` env vars, see README), so the
 admin CLI and the running server always look at the same database.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import io
+import json
 import logging
 import sys
 from dataclasses import replace
@@ -18,6 +20,8 @@ from app.accounts import user_admin
 from app.accounts.passwords import WeakPassword
 from app.config import Settings
 from app.migrate import upgrade
+from app.services.arena import ArenaService
+from app.services.arena_report import leaderboard_json, leaderboard_table, parse_since, write_battles
 from app.services.export_formats import FORMATS, import_json, write_export
 from storage.database import Database
 from storage.errors import StorageError
@@ -57,13 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", help="export this user's chats")
     who.add_argument("--all-users", action="store_true", help="export every user's chats")
     export.add_argument("--conversation", help="only this conversation id (with --user)")
-    export.add_argument("--format", choices=FORMATS, default="json")
+    export.add_argument("--format", choices=(*FORMATS, "battles"), default="json",
+                        help="battles: one JSON line per blind-battle vote (FastChat's clean-battle fields)")
     export.add_argument("--out", required=True, help="output file ('-' for stdout)")
     export.add_argument("--token-ids", action="store_true", help="include token ids (JSON)")
 
     importer = commands.add_parser("import", help="restore conversations from a JSON export")
     importer.add_argument("path")
     importer.add_argument("--user", help="import everything as this user")
+
+    board = commands.add_parser("leaderboard", help="rank the models by the team's blind-battle votes")
+    board.add_argument("--format", choices=["table", "json"], default="table")
+    board.add_argument("--since", help="only votes from this date on (YYYY-MM-DD, UTC)")
     return parser
 
 
@@ -98,6 +107,9 @@ async def run_export(args: argparse.Namespace, repository: Repository) -> None:
     if args.conversation and not args.user:
         raise SystemExit("--conversation needs --user (whose conversation it is)")
     user_id = None if args.all_users else (await repository.get_user(args.user)).id
+    if args.format == "battles":
+        await run_battles_export(args, repository, user_id)
+        return
     conversations = repository.iter_conversations(user_id, args.conversation)
     if args.out == "-":
         count = await write_export(conversations, sys.stdout, args.format, include_token_ids=args.token_ids)
@@ -112,6 +124,29 @@ async def run_export(args: argparse.Namespace, repository: Repository) -> None:
             partial.unlink(missing_ok=True)  # no half-written file left behind on an error
             raise
     print(f"exported {count} conversation(s) as {args.format} to {args.out}", file=sys.stderr)
+
+
+async def run_battles_export(args: argparse.Namespace, repository: Repository, user_id: int | None) -> None:
+    battles = await repository.all_battles() if user_id is None else await repository.list_battles(user_id)
+    lines = io.StringIO()
+    count = write_battles(battles, lines)
+    if args.out == "-":
+        sys.stdout.write(lines.getvalue())
+    else:
+        await asyncio.to_thread(Path(args.out).write_text, lines.getvalue(), encoding="utf-8")
+    print(f"exported {count} battle vote(s) to {args.out}", file=sys.stderr)
+
+
+async def run_leaderboard(args: argparse.Namespace, repository: Repository) -> None:
+    try:
+        since = parse_since(args.since)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    view = await ArenaService(repository, []).leaderboard(since)
+    if args.format == "json":
+        print(json.dumps(leaderboard_json(view), indent=2))
+    else:
+        print(leaderboard_table(view))
 
 
 async def run_import(args: argparse.Namespace, repository: Repository) -> None:
@@ -130,6 +165,8 @@ async def run_storage_command(args: argparse.Namespace, settings: Settings) -> N
             await run_export(args, repository)
         elif args.command == "import":
             await run_import(args, repository)
+        elif args.command == "leaderboard":
+            await run_leaderboard(args, repository)
     finally:
         await database.dispose()
 

@@ -230,3 +230,42 @@ class ShareSnapshot(Base):
     link_id: Mapped[str] = mapped_column(ForeignKey("share_links.id", ondelete="CASCADE"), primary_key=True)
     model: Mapped[str] = mapped_column(String(MODEL_NAME_MAX))
     messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
+BATTLE_ID_MAX = 36
+BATTLE_FLAG_MAX = 200
+WINNER_MAX = 16
+
+
+class Battle(Base):
+    """A blind battle: two models answer one tester's prompts in two chats, then one vote.
+
+    ``model_a`` / ``model_b`` are the sides as the page showed them (left, right). The
+    vote (``winner``: FastChat's ``model_a`` / ``model_b`` / ``tie`` / ``tie (bothbad)``)
+    is set once, with ``sides``: both chats as they were voted on (the same message JSON
+    as a share's snapshot), so the vote, its export and its preference pair stay whole
+    when a chat is later deleted. ``flag`` says why a battle was not blind (a reply named
+    a model): its vote is kept and exported but left out of the leaderboard.
+    """
+
+    __tablename__ = "battles"
+    __table_args__ = (
+        Index("ix_battles_user_created", "user_id", "created_at"),
+        Index("ix_battles_voted", "voted_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(BATTLE_ID_MAX), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    model_a: Mapped[str] = mapped_column(String(MODEL_NAME_MAX))
+    model_b: Mapped[str] = mapped_column(String(MODEL_NAME_MAX))
+    conversation_a: Mapped[str | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), nullable=True
+    )
+    conversation_b: Mapped[str | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    winner: Mapped[str | None] = mapped_column(String(WINNER_MAX), nullable=True)
+    voted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    flag: Mapped[str | None] = mapped_column(String(BATTLE_FLAG_MAX), nullable=True)
+    sides: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

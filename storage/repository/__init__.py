@@ -16,6 +16,7 @@ deliberately not re-exported here: patching a copy here would change nothing.
 from __future__ import annotations
 
 from storage.repository.audit import AuditRecord, AuditStore
+from storage.repository.battles import BattleRecord, BattleStore
 from storage.repository.checks import (
     INT32_MAX,
     RATING_NAMES,
@@ -60,6 +61,7 @@ __all__ = [
     "SEARCH_MAX_CHARS",
     "AccountRow",
     "AuditRecord",
+    "BattleRecord",
     "ConversationRecord",
     "ConversationSummary",
     "ImportedConversation",
@@ -87,6 +89,7 @@ class Repository(
     UserStore, LoginSessionStore, ConversationStore, SearchStore, MessageStore, RatingStore, TransferStore,
     AuditStore, UsageStore,
     ShareStore,
+    BattleStore,
 ):
     """The storage API. Construct once per process over a :class:`Database`.
 

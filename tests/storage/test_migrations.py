@@ -25,7 +25,7 @@ from storage.tokens import pack_token_ids, unpack_token_ids
 
 APP_TABLES = {
     "users", "conversations", "messages", "login_sessions", "ratings", "admin_audit", "share_links",
-    "share_snapshots",
+    "share_snapshots", "battles",
 }
 
 
