@@ -121,6 +121,7 @@ def build_layout(settings: Settings) -> PageComponents:
         more_button = gr.Button("Show older chats", size="sm", visible=False, elem_id="more-chats")
         gr.HTML(EXPORT_ALL_LINKS, elem_id="sidebar-footer", apply_default_css=False, js_on_load=None)
         with gr.Row():
+            gr.Button("Leaderboard", link="/leaderboard", size="sm", elem_id="leaderboard")
             gr.Button("Account", link="/account", size="sm", elem_id="account")
             gr.Button("Log out", link="/logout", size="sm", elem_id="logout")
     with gr.Sidebar(label="Settings", open=False, position="right", elem_id="settings-sidebar"):
