@@ -158,10 +158,11 @@ class SecurityMiddleware:
             response = PlainTextResponse("This server accepts no file uploads.", 403)
             await self._answer(scope, receive, send, response)
             return
-        if (
-            (path.rstrip("/") or "/") not in self.public_paths and not self.checks_login_itself(path)
-            and await self.login_of(Request(scope)) is None
-        ):
+        public = (path.rstrip("/") or "/") in self.public_paths or self.checks_login_itself(path)
+        login = None if public else await self.login_of(Request(scope))
+        if login is not None:
+            scope.setdefault("state", {})["login"] = login  # for SessionBinding, which runs next
+        elif not public:
             if method in ("GET", "HEAD") and path in self.page_paths:
                 target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                 response = RedirectResponse("/login?next=" + quote(target, safe=""), 303)

@@ -40,6 +40,7 @@ from app.engine.remote_errors import RemoteEngineError
 from app.engine.remote_model import load_tokenizer_only
 from app.engine.remote_probe import probe_server
 from app.migrate import upgrade_async
+from app.services.arena import ArenaService
 from app.services.chat import ChatService
 from app.services.shares import ShareService
 from app.web.admin import ADMIN_PATHS, build_admin_router
@@ -48,6 +49,7 @@ from app.web.auth_routes import SignupLimiter, build_auth_router
 from app.web.device_cookie import DeviceCookies
 from app.web.export_route import build_export_router
 from app.web.health import build_health_router
+from app.web.leaderboard import LEADERBOARD_PATH, build_leaderboard_router
 from app.web.login_cookie import SessionManager
 from app.web.login_gate import LoginGate
 from app.web.metrics import ServerMetrics, build_metrics_router
@@ -55,6 +57,7 @@ from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web.resources import ServerResources
 from app.web.security import PUBLIC_PATHS, UNKNOWN_LOGIN, SecurityMiddleware
+from app.web.session_binding import SessionBinding
 from app.web.share_routes import SHARE_PATHS, build_share_router
 from storage.database import Database
 from storage.errors import StorageUnavailable
@@ -227,6 +230,9 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     app.include_router(build_share_router(
         lambda: ShareService(repository()), sessions, public=settings.public_shares
     ))
+    app.include_router(build_leaderboard_router(lambda: ArenaService(repository(), [])))
+    # innermost: binds each page session to the login the security middleware found
+    app.add_middleware(SessionBinding, functions=lambda: blocks.fns)
     # Configuring CORSMiddleware here makes Gradio drop its own CORS layer (which allows
     # any localhost origin with credentials); only origins the operator lists are allowed.
     app.add_middleware(
@@ -235,6 +241,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
     )
     # the admin paths answer for themselves: 403 for everyone but an admin, no "please log in" hint
     app.add_middleware(SecurityMiddleware, login_of=login_of, allowed_origins=settings.allowed_origins,
+                       page_paths=("/", LEADERBOARD_PATH),
                        public_paths=(*PUBLIC_PATHS, *ADMIN_PATHS), own_login_check=SHARE_PATHS)
     app.add_middleware(LoginGate, guard=guard, devices=devices)  # outermost: refuses a login flood first
 

@@ -4,9 +4,11 @@ tried against the real server with real clients (httpx, raw sockets, gradio_clie
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +22,8 @@ from app.web.device_cookie import COOKIE_PREFIX
 from app.web.login_gate import LOGINS_AT_ONCE_PER_ADDRESS, LOGINS_WAITING_PER_ADDRESS
 from app.web.server import proxy_options
 from tests.models import SERVER_CONTEXT, build_tiny_llama
-from tests.support import login_cookies, running_server
+from tests.page_client import stored
+from tests.support import api_client, login_cookies, running_server
 
 PASSWORD = "correct-horse-battery"
 # the engine in a thread (no second process to start) and accounts made over HTTP (no CLI process each)
@@ -122,7 +125,69 @@ def test_a_known_browser_logs_in_through_a_strangers_failures_from_its_address(s
         assert login(browser, server, "vera", PASSWORD).status_code == 429
 
 
-# 3. (a page's session bound to its login: taken out again, see the README's security notes)
+# 3. a page's session belongs to its login ---------------------------------------------------------
+
+def send_fn_index(server, cookies) -> int:
+    config = httpx.get(server.url + "config", cookies=cookies).json()
+    return next(d["id"] for d in config["dependencies"] if d.get("api_name") == "send")
+
+
+def test_another_login_cannot_read_feed_or_end_a_page_by_its_session_hash(server):
+    alice = api_client(server.url, "alice", PASSWORD)
+    job = alice.submit("tell me a long story", "", "", 0.7, 0.9, 64, "", api_name="/send")
+    deadline = time.monotonic() + 30
+    while not alice.pending_event_ids and time.monotonic() < deadline:
+        time.sleep(0.01)
+    her_session, her_event = alice.session_hash, next(iter(alice.pending_event_ids))
+    bob = login_cookies(server.url, "bob", PASSWORD)
+    fn_index = send_fn_index(server, bob)
+
+    with httpx.stream("GET", server.url + f"gradio_api/queue/data?session_hash={her_session}", cookies=bob,
+                      timeout=10) as reading:
+        assert reading.status_code == 403
+        assert b"process_" not in reading.read()
+    joined = httpx.post(server.url + "gradio_api/queue/join", cookies=bob, json={
+        "data": ["bob's words in her page", "", "", 0.7, 0.9, 8, ""], "fn_index": fn_index,
+        "session_hash": her_session, "event_data": None})
+    assert joined.status_code == 403
+    for session in (her_session, uuid.uuid4().hex):  # her page, or his own naming her event
+        cancel = httpx.post(server.url + "gradio_api/cancel", cookies=bob,
+                            json={"session_hash": session, "fn_index": fn_index, "event_id": her_event})
+        assert cancel.status_code == 403
+    assert httpx.post(server.url + f"gradio_api/stream/{her_event}/close", cookies=bob).status_code == 403
+    with httpx.stream("GET", server.url + f"gradio_api/heartbeat/{her_session}", cookies=bob, timeout=10) as beat:
+        assert beat.status_code == 403
+
+    final = job.result(timeout=120)
+    conversation = stored(server, "alice", final[2])
+    assert [m.role for m in conversation.messages] == ["user", "assistant"]
+    assert conversation.messages[0].content == "tell me a long story"
+    assert conversation.messages[-1].finish_reason in ("length", "eos")
+    alice.close()
+
+
+def test_her_own_page_keeps_working_and_an_unknown_event_is_a_4xx(server):
+    cookies = login_cookies(server.url, "carl", PASSWORD)
+    session = uuid.uuid4().hex
+    unknown = httpx.post(server.url + "gradio_api/queue/join", cookies=cookies,
+                         json={"data": [], "fn_index": 99_999, "session_hash": session, "event_data": None})
+    assert 400 <= unknown.status_code < 500, unknown.text
+    fn_index = send_fn_index(server, cookies)
+    joined = httpx.post(server.url + "gradio_api/queue/join", cookies=cookies, json={
+        "data": ["hello", "", "", 0.7, 0.9, 4, ""], "fn_index": fn_index, "session_hash": session,
+        "event_data": None})
+    assert joined.status_code == 200, joined.text
+    completed = None
+    with httpx.stream("GET", server.url + f"gradio_api/queue/data?session_hash={session}", cookies=cookies,
+                      timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed":
+                completed = json.loads(line[5:])
+                break
+    assert completed is not None and completed["success"] and completed["event_id"] == joined.json()["event_id"]
+
+
+# 4. a login flood ----------------------------------------------------------------------------------
 
 def raw_login_start(server, address: str, declared: int = 1000) -> socket.socket:
     """A login post that declares a body and sends only its start (what a slow or hostile client does)."""
