@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="its wire format (overrides CHAT_ENGINE_PROTOCOL)")
 
     commands.add_parser("migrate", help="upgrade the database schema to the newest version")
+    commands.add_parser("models", help="list the models the server offers (CHAT_MODELS) and whether each answers")
 
     users = commands.add_parser("users", help="manage tester accounts")
     user_commands = users.add_subparsers(dest="users_command", required=True)
@@ -134,6 +135,20 @@ async def run_storage_command(args: argparse.Namespace, settings: Settings) -> N
         await database.dispose()
 
 
+def run_models(settings: Settings) -> int:
+    """``python -m app models``: the registry, one line per entry; a bad file is one sentence and exit 2."""
+    from app.models_cli import registry_table
+    from app.models_registry import RegistryError, registry_from_settings
+
+    try:
+        registry = registry_from_settings(settings)
+    except RegistryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(registry_table(registry, settings)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
@@ -152,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         from app.web.server import serve
 
         return serve(settings)
+    if args.command == "models":
+        return run_models(settings)
     upgrade(settings.database_url)
     if args.command == "migrate":
         print("database is at the newest schema")
