@@ -69,6 +69,8 @@ class PendingReply:
                 "completion_tokens": message.completion_tokens,
                 "latency_ms": message.latency_ms,
                 "created_at": message.created_at.isoformat() if message.created_at else None,
+                "model": message.model,
+                "variant": message.variant,
             },
         }
 
@@ -102,6 +104,8 @@ class PendingReply:
             latency_ms=message.latency_ms,
             created_at=message.created_at,
             pending=True,
+            model=message.model,
+            variant=message.variant,
         )
 
 

@@ -38,6 +38,10 @@ class ServedModel:
     def weights_name(self) -> str:
         return self.weights or self.name
 
+    def stamp(self) -> dict[str, str | None]:
+        """What each message it writes records: the model (its weights) and the variant, if this is one."""
+        return {"model": self.weights_name, "variant": self.name if self.name != self.weights_name else None}
+
 
 class ServedModels:
     """The offered models by name, the default first; one engine may stand behind several names."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from storage.models import Conversation, Message, Rating, User
+from storage.models import MODEL_NAME_MAX, Conversation, Message, Rating, User
 from storage.repository.checks import RATING_NAMES
 from storage.repository.records import ConversationSummary, MessageRecord, NewMessage, RatingRecord, UserRecord
 from storage.tokens import unpack_token_ids
@@ -44,6 +44,8 @@ def message_record(
         versions=versions if len(versions) > 1 else (),
         rating=next((r for r in ratings if r.username == owner), None),
         ratings=ratings,
+        model=message.model,
+        variant=message.variant,
     )
 
 
@@ -66,6 +68,8 @@ def message_row(
         created_at=created_at,
         parent_id=parent_id,
         active=active,
+        model=message.model[:MODEL_NAME_MAX] if message.model else None,
+        variant=message.variant[:MODEL_NAME_MAX] if message.variant else None,
     )
 
 
