@@ -239,7 +239,7 @@ def create_app(settings: Settings, prepared: PreparedModels) -> FastAPI:
                        public_paths=(*PUBLIC_PATHS, *ADMIN_PATHS), own_login_check=SHARE_PATHS)
     app.add_middleware(LoginGate, guard=guard, devices=devices)  # outermost: refuses a login flood first
 
-    blocks = build_ui(holder, settings)
+    blocks = build_ui(holder, settings, [(model.label, model.name) for model in served])
     size_queue(blocks, settings)
     mounted = gr.mount_gradio_app(
         app, blocks, path="/", auth_dependency=current_username, css=CSS, js=PAGE_JS, ssr_mode=False, footer_links=[],

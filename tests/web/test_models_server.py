@@ -5,6 +5,7 @@ the other keeps serving, and comes back.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,8 +16,8 @@ import httpx
 import pytest
 
 from tests.models import SERVER_CONTEXT, build_tiny_llama
-from tests.page_client import PASSWORD, client_for, send, stored
-from tests.support import PYTHON, ROOT, add_user, running_server
+from tests.page_client import PASSWORD, bubble_texts, client_for, message_count, send, stored
+from tests.support import PYTHON, ROOT, add_user, login_cookies, running_server
 
 MODELS = """
 [[models]]
@@ -37,16 +38,29 @@ temperature = 1.2
 """
 
 
+def models_file(root: Path, text: str = MODELS) -> Path:
+    """The models file over two tiny Llamas of different random weights, built once in ``root``."""
+    a = build_tiny_llama(root / "tiny-a", max_positions=SERVER_CONTEXT, seed=0)
+    b = build_tiny_llama(root / "tiny-b", max_positions=SERVER_CONTEXT, seed=1)
+    path = root / "models.toml"
+    path.write_text(text.format(a=a, b=b), encoding="utf-8")
+    return path
+
+
+def send_to(client, text: str, chat_id: str = "", model: str | None = None, max_new_tokens: int = 4) -> tuple:
+    """``/send`` with the page's model control (the 8th input); returns the final outputs."""
+    job = client.submit(text, chat_id, "", 0.0, 0.9, max_new_tokens, "", model, api_name="/send")
+    list(job)
+    return job.result()
+
+
 @pytest.fixture(scope="module")
 def models_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("models-server")
-    a = build_tiny_llama(root / "tiny-a", max_positions=SERVER_CONTEXT, seed=0)
-    b = build_tiny_llama(root / "tiny-b", max_positions=SERVER_CONTEXT, seed=1)
-    models_file = root / "models.toml"
-    models_file.write_text(MODELS.format(a=a, b=b), encoding="utf-8")
+    models = models_file(root)
     data = root / "data"
     data.mkdir()
-    with running_server(data, "smollm2", CHAT_MODELS=str(models_file), CHAT_THREADS="1") as server:
+    with running_server(data, "smollm2", CHAT_MODELS=str(models), CHAT_THREADS="1") as server:
         add_user(data, "tess", PASSWORD)
         yield server
 
@@ -115,6 +129,79 @@ def test_no_models_file_means_one_entry_named_as_before(tmp_path):
         code, report = health(server)
     assert code == 200 and report["model"] == "only-model"
     assert list(report["models"]) == ["only-model"]
+
+
+def test_a_new_chat_with_a_picked_model_is_written_by_it_and_exported_per_message(models_server):
+    client = client_for(models_server, "tess")
+    chat_id = send_to(client, "Hello B", model="tiny-b")[2]
+    record = stored(models_server, "tess", chat_id)
+    assert record.model == "tiny-b" and [m.model for m in record.messages] == ["tiny-b", "tiny-b"]
+    # a follow-up that names no model (an older client) stays with the chat's model
+    send(client, "And more", chat_id, max_new_tokens=4)
+    record = stored(models_server, "tess", chat_id)
+    assert [(m.model, m.variant) for m in record.messages] == [("tiny-b", None)] * 4
+    # reopening the chat puts its model in the page's model control (the last output of /open)
+    assert client.predict(chat_id, api_name="/open")[-1] == "tiny-b"
+    cookies = login_cookies(models_server.url, "tess", PASSWORD)
+
+    def export(fmt: str) -> httpx.Response:
+        return httpx.get(f"{models_server.url}export/{chat_id}", params={"format": fmt}, cookies=cookies, timeout=60)
+
+    messages = export("json").json()["conversations"][0]["messages"]
+    assert [(m["model"], m["variant"]) for m in messages] == [("tiny-b", None)] * 4
+    turns = json.loads(export("jsonl").text.splitlines()[0])["turns"]
+    assert [(turn["model"], turn["variant"]) for turn in turns] == [("tiny-b", None)] * 4
+    assert "- **Model:** tiny-b" in export("markdown").text
+    # a variant: its own name on the chat, its base's weights and its name on each message
+    warm_id = send_to(client, "Hello warm", model="tiny-a-warm")[2]
+    warm = stored(models_server, "tess", warm_id)
+    assert warm.model == "tiny-a-warm"
+    assert [(m.model, m.variant) for m in warm.messages] == [("tiny-a", "tiny-a-warm")] * 2
+
+
+def test_an_unknown_model_is_refused_with_a_sentence_and_nothing_is_stored(models_server):
+    client = client_for(models_server, "tess")
+    before = message_count(models_server)
+    final = send_to(client, "Hello nobody", model="gpt-9")
+    assert final[1] == "Hello nobody"  # the typed text goes back
+    assert "The server offers no model called 'gpt-9'; choose one of: tiny-a, tiny-b, tiny-a-warm." in final[3]
+    assert message_count(models_server) == before
+
+
+def test_a_chat_whose_model_is_gone_says_so_and_continues_with_another(tmp_path):
+    models = models_file(tmp_path)
+    data = tmp_path / "data"
+    with running_server(data, "smollm2", CHAT_MODELS=str(models), CHAT_THREADS="1") as server:
+        add_user(data, "tess", PASSWORD)
+        chat_id = send_to(client_for(server, "tess"), "Hello B", model="tiny-b")[2]
+    only_a = tmp_path / "only-a.toml"
+    only_a.write_text(
+        models.read_text().replace(
+            '[[models]]\nname = "tiny-b"\nlabel = "Tiny B"\nsource = "' + str(tmp_path / "tiny-b") + '"\n', ""
+        ),
+        encoding="utf-8",
+    )
+    assert "tiny-b" not in only_a.read_text()
+    with running_server(data, "smollm2", CHAT_MODELS=str(only_a), CHAT_THREADS="1") as server:
+        client = client_for(server, "tess")
+        opened = client.predict(chat_id, api_name="/open")
+        assert "This chat was written by tiny-b, which this server no longer offers" in opened[2]
+        assert opened[-1] == "tiny-a"  # the model control offers the default instead
+        final = send_to(client, "Go on", chat_id, model="tiny-a")
+        record = stored(server, "tess", chat_id)
+        assert record.model == "tiny-a"
+        assert [(m.role, m.model) for m in record.messages] == [
+            ("user", "tiny-b"),
+            ("assistant", "tiny-b"),
+            ("user", "tiny-a"),
+            ("assistant", "tiny-a"),
+        ]
+        # the chat says so once, on the first reply of the new model; reopened, no more warning
+        reopened = client.predict(chat_id, api_name="/open")
+        assert reopened[2] == ""
+        notes = [text for role, text in bubble_texts(reopened[0]) if "continued with" in text]
+        assert len(notes) == 1 and "tiny-a" in notes[0] and "re-encoded from text" in notes[0]
+        assert final[3] == ""
 
 
 @pytest.fixture(autouse=True)
