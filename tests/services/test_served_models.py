@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from app.engine import LoadedModel, load_model
 from app.services.chat import ChatOptions, ChatService
 from app.services.errors import Busy
+from app.services.export_formats import import_json, write_export
 from app.services.served_models import ServedModel, ServedModels, UnknownModel
 from storage.journal import Journal
 from tests.engine_support import gate_on, prompt_format, running_engine, within
@@ -175,3 +178,20 @@ async def test_a_chat_continued_with_another_model_is_re_encoded_and_keeps_who_w
     ]
     # the new turn was encoded by A's tokenizer; B's stored ids stay as they were written
     assert chat.messages[1].token_ids == first[-1].message.token_ids
+
+
+async def test_an_export_round_trip_keeps_the_model_and_variant_of_every_message(service):
+    first = await events_of(service.send("alice", None, "Hello there", GREEDY_B))
+    chat_id = first[0].conversation_id
+    warm = ChatOptions(temperature=0.0, max_new_tokens=8, model="tiny-a-warm")
+    await events_of(service.send("alice", chat_id, "Now warm", warm))
+    alice = await service.repository.get_user("alice")
+    out = io.StringIO()
+    await write_export(service.repository.iter_conversations(alice.id, chat_id), out, "json", include_token_ids=True)
+    document = json.loads(out.getvalue())
+    exported = [(m["model"], m["variant"]) for m in document["conversations"][0]["messages"]]
+    assert exported == [("tiny-b", None)] * 2 + [("tiny-a", "tiny-a-warm")] * 2
+    await service.repository.delete_conversation(alice.id, chat_id)
+    assert await import_json(service.repository, out.getvalue()) == 1
+    restored = await stored(service, chat_id)
+    assert [(m.model, m.variant) for m in restored.messages] == exported

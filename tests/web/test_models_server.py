@@ -207,3 +207,36 @@ def test_a_chat_whose_model_is_gone_says_so_and_continues_with_another(tmp_path)
 @pytest.fixture(autouse=True)
 def _data_dir_exists(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir(exist_ok=True)
+
+
+def test_a_registry_with_two_embedded_models_and_a_real_llama_server(tmp_path):
+    """The issue's three entries: two embedded tiny models and SmolLM2 on a real llama-server; a chat on
+    each, and ``python -m app models`` says all three answer."""
+    from tests.llama_support import LlamaServer, llama_server_binary
+
+    llama = LlamaServer(llama_server_binary(), tmp_path, parallel=2, context=4096).start()
+    try:
+        text = MODELS + f'\n[[models]]\nname = "smol-llamacpp"\nlabel = "SmolLM2 on llama.cpp"\nurl = "{llama.url}"\n'
+        models = models_file(tmp_path, text)
+        with running_server(tmp_path / "data", "smollm2", CHAT_MODELS=str(models), CHAT_THREADS="1") as server:
+            add_user(tmp_path / "data", "tess", PASSWORD)
+            client = client_for(server, "tess")
+            for name in ("tiny-a", "tiny-b", "smol-llamacpp"):
+                chat_id = send_to(client, f"Hello {name}", model=name, max_new_tokens=6)[2]
+                record = stored(server, "tess", chat_id)
+                assert record.model == name and record.messages[-1].model == name
+                assert record.messages[-1].role == "assistant" and record.messages[-1].completion_tokens
+            environment = {
+                **os.environ,
+                "CHAT_DATA_DIR": str(server.data_dir),
+                "CHAT_PORT": str(server.port),
+                "CHAT_MODELS": str(models),
+            }
+            listing = subprocess.run(
+                [PYTHON, "-m", "app", "models"], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120
+            )
+            rows = listing.stdout.splitlines()[2:]
+            assert [row.split()[0] for row in rows] == ["tiny-a", "tiny-b", "tiny-a-warm", "smol-llamacpp"]
+            assert all(row.endswith("answers (served now)") for row in rows), listing.stdout
+    finally:
+        llama.kill()
