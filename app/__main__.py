@@ -21,7 +21,13 @@ from app.accounts.passwords import WeakPassword
 from app.config import Settings
 from app.migrate import upgrade
 from app.services.arena import ArenaService
-from app.services.arena_report import leaderboard_json, leaderboard_table, parse_since, write_battles
+from app.services.arena_report import (
+    leaderboard_json,
+    leaderboard_table,
+    parse_since,
+    write_battle_pairs,
+    write_battles,
+)
 from app.services.export_formats import FORMATS, import_json, write_export
 from storage.database import Database
 from storage.errors import StorageError
@@ -42,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="its wire format (overrides CHAT_ENGINE_PROTOCOL)")
 
     commands.add_parser("migrate", help="upgrade the database schema to the newest version")
+    commands.add_parser("models", help="list the models the server offers (CHAT_MODELS) and whether each answers")
 
     users = commands.add_parser("users", help="manage tester accounts")
     user_commands = users.add_subparsers(dest="users_command", required=True)
@@ -111,19 +118,27 @@ async def run_export(args: argparse.Namespace, repository: Repository) -> None:
         await run_battles_export(args, repository, user_id)
         return
     conversations = repository.iter_conversations(user_id, args.conversation)
+    # decisive blind-battle votes are preference pairs too (not when one chat is asked for)
+    battles = [] if args.format != "preferences" or args.conversation else (
+        await repository.all_battles() if user_id is None else await repository.list_battles(user_id)
+    )
+    pairs = 0
     if args.out == "-":
         count = await write_export(conversations, sys.stdout, args.format, include_token_ids=args.token_ids)
+        pairs = write_battle_pairs(battles, sys.stdout)
     else:
         out_path = Path(args.out)
         partial = out_path.with_name(out_path.name + ".partial")
         try:
             with partial.open("w", encoding="utf-8") as out:
                 count = await write_export(conversations, out, args.format, include_token_ids=args.token_ids)
+                pairs = write_battle_pairs(battles, out)
             partial.replace(out_path)
         except BaseException:
             partial.unlink(missing_ok=True)  # no half-written file left behind on an error
             raise
-    print(f"exported {count} conversation(s) as {args.format} to {args.out}", file=sys.stderr)
+    battle_note = f" and {pairs} battle vote pair(s)" if battles else ""
+    print(f"exported {count} conversation(s){battle_note} as {args.format} to {args.out}", file=sys.stderr)
 
 
 async def run_battles_export(args: argparse.Namespace, repository: Repository, user_id: int | None) -> None:
@@ -171,6 +186,20 @@ async def run_storage_command(args: argparse.Namespace, settings: Settings) -> N
         await database.dispose()
 
 
+def run_models(settings: Settings) -> int:
+    """``python -m app models``: the registry, one line per entry; a bad file is one sentence and exit 2."""
+    from app.models_cli import registry_table
+    from app.models_registry import RegistryError, registry_from_settings
+
+    try:
+        registry = registry_from_settings(settings)
+    except RegistryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(registry_table(registry, settings)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
@@ -189,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         from app.web.server import serve
 
         return serve(settings)
+    if args.command == "models":
+        return run_models(settings)
     upgrade(settings.database_url)
     if args.command == "migrate":
         print("database is at the newest schema")

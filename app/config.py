@@ -72,6 +72,8 @@ class Settings:
     engine_timeout: float = 120.0
     metrics_token: str = ""  # empty: /metrics is off; else scrapes send "Authorization: Bearer <token>"
     public_shares: bool = False  # share links readable without a login (CHAT_PUBLIC_SHARES=1)
+    # the models file (CHAT_MODELS, see README "Several models"); None: the one model above, as always
+    models_file: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +121,8 @@ class Settings:
             engine_timeout=_float(env, "CHAT_ENGINE_TIMEOUT", 120.0),
             metrics_token=(env.get("CHAT_METRICS_TOKEN") or "").strip(),
             public_shares=_flag(env, "CHAT_PUBLIC_SHARES", False),
+            models_file=Path(env["CHAT_MODELS"].strip()).expanduser() if (env.get("CHAT_MODELS") or "").strip()
+            else None,
         )
 
 

@@ -92,6 +92,8 @@ class PendingReply:
             latency_ms=message.latency_ms,
             created_at=message.created_at,
             pending=True,
+            model=message.model,
+            variant=message.variant,
         )
 
 

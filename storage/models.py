@@ -156,6 +156,9 @@ class Message(Base):
     )
     # the version shown among its siblings (exactly one per parent, see storage/tree.py)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # the model whose weights wrote it (or whose tokenizer encoded it), and the variant used (migration 0009)
+    model: Mapped[str | None] = mapped_column(String(MODEL_NAME_MAX), nullable=True)
+    variant: Mapped[str | None] = mapped_column(String(MODEL_NAME_MAX), nullable=True)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 

@@ -93,6 +93,14 @@ def convert_gguf_to_cache(gguf_file: Path, target: Path) -> None:
     log.warning("converted in %.1f s", time.perf_counter() - started)
 
 
+def model_display_name(spec: str) -> str:
+    """The name ``resolve_model_source`` gives ``spec`` (what chats store), found without converting anything."""
+    if spec.strip().lower() in DEFAULT_MODEL_ALIASES:
+        return DEFAULT_MODEL_NAME
+    path = Path(spec).expanduser()
+    return path.resolve().name if path.exists() else spec
+
+
 def resolve_model_source(spec: str, cache_dir: Path) -> tuple[str, str | Path]:
     """Turn ``--model`` into (display name, folder or hub id), converting GGUF if needed."""
     if spec.strip().lower() in DEFAULT_MODEL_ALIASES:

@@ -76,3 +76,38 @@ def write_battles(battles: list[BattleRecord], out: TextIO) -> int:
         out.write(json.dumps(battle_line(battle), ensure_ascii=False) + "\n")
         count += 1
     return count
+
+
+def battle_preference_pairs(battle: BattleRecord) -> list[dict[str, Any]]:
+    """A decisive vote as a preference pair in TRL's conversational layout: the first prompt,
+    then each side's whole conversation after it (winner chosen, loser rejected). Ties, both
+    bad, flagged and unvoted battles give none: they say no side is better, or cannot be trusted."""
+    if battle.winner not in ("model_a", "model_b") or battle.flag is not None or not battle.sides:
+        return []
+    sides = {"model_a": battle.sides["a"], "model_b": battle.sides["b"]}
+    chosen_side = sides[battle.winner]
+    rejected_side = sides["model_b" if battle.winner == "model_a" else "model_a"]
+    if not chosen_side or not rejected_side or chosen_side[0]["role"] != "user":
+        return []
+    return [{
+        "prompt": [{"role": "user", "content": chosen_side[0]["content"]}],
+        "chosen": [{"role": m["role"], "content": m["content"]} for m in chosen_side[1:]],
+        "rejected": [{"role": m["role"], "content": m["content"]} for m in rejected_side[1:]],
+        "source": "battle",
+        "battle_id": battle.id,
+        "rater": battle.username,
+        "chosen_model": battle.model_a if battle.winner == "model_a" else battle.model_b,
+        "rejected_model": battle.model_b if battle.winner == "model_a" else battle.model_a,
+        "chosen_params": [m["params"] for m in chosen_side if m["role"] == "assistant"],
+        "rejected_params": [m["params"] for m in rejected_side if m["role"] == "assistant"],
+    }]
+
+
+def write_battle_pairs(battles: list[BattleRecord], out: TextIO) -> int:
+    """The preference pairs of decisive votes, one JSON line each; returns the count."""
+    count = 0
+    for battle in battles:
+        for pair in battle_preference_pairs(battle):
+            out.write(json.dumps(pair, ensure_ascii=False) + "\n")
+            count += 1
+    return count

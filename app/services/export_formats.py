@@ -82,6 +82,8 @@ def message_to_dict(
         "completion_tokens": message.completion_tokens,
         "latency_ms": message.latency_ms,
         "ratings": [rating_to_dict(rating) for rating in message.ratings],
+        "model": message.model,  # the model that wrote it (its weights), and the variant, if one was used
+        "variant": message.variant,
     }
     if include_token_ids:
         data["token_ids"] = message.token_ids
@@ -132,6 +134,8 @@ def conversation_to_jsonl_line(conversation: ConversationRecord) -> str:
                 "version": m.version,
                 "versions": m.version_count,
                 "rating": _short_rating(m),
+                "model": m.model,
+                "variant": m.variant,
             }
             for m in conversation.messages
         ],
@@ -187,6 +191,10 @@ def conversation_to_markdown(conversation: ConversationRecord) -> str:
         notes = []
         if message.version_count > 1:
             notes.append(f"version {message.version} of {message.version_count}")
+        written_by = message.variant or message.model
+        if message.role == "assistant" and written_by and written_by != conversation.model:
+            # a chat that changed models: which one wrote this reply (the header names the chat's model)
+            notes.append("by " + written_by.replace("_", "\\_"))
         if message.role == "assistant" and message.finish_reason not in (None, "eos", "stop"):
             notes.append(f"finished: {message.finish_reason}")
         if message.rating is not None:
@@ -349,7 +357,16 @@ def messages_from_dict(conversation: dict[str, Any]) -> Iterator[NewMessage]:
             completion_tokens=message.get("completion_tokens"),
             latency_ms=message.get("latency_ms"),
             created_at=_parse_time(message.get("created_at"), where),
+            model=_optional_name(message.get("model"), where),
+            variant=_optional_name(message.get("variant"), where),
         )
+
+
+def _optional_name(value: Any, where: str) -> str | None:
+    """A message's model or variant from a file: a name, or nothing (version 2 files before 0009)."""
+    if value is None or (isinstance(value, str) and value.strip()):
+        return value
+    raise InvalidInput(f"{where}: model and variant must be names or null")
 
 
 async def import_json(repository: Repository, text: str, *, as_user: str | None = None) -> int:

@@ -19,6 +19,7 @@ from app.engine import GenerationResult, GenerationStream, PromptFormat, Samplin
 from app.engine.detokenize import shown_prefix
 from app.services.observer import NO_OBSERVER, ReplyObserver
 from app.services.rules import valid_text
+from app.services.served_models import ServedModel
 from storage.errors import InvalidInput, NotFound, StorageUnavailable
 from storage.journal import Journal, PendingReply
 from storage.models import utcnow
@@ -41,6 +42,8 @@ class LiveReply:
     text: str = ""
     started: float = field(default_factory=time.perf_counter)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    # the model writing it: its prompt format, its engine, its name (None: the default model, unnamed)
+    served: ServedModel | None = None
 
 
 def finish_reason(result: GenerationResult | None, ending: str) -> str:
@@ -91,11 +94,12 @@ class ReplyStore:
         dropped_turns: int,
         ending: str,
     ) -> NewMessage:
+        prompt_format = reply.served.prompt_format if reply.served else self.prompt_format
         generated = result.token_ids if result is not None else []
         text = valid_text(result.text) if result is not None else reply.text
         if ending == "stopped" and generated:
             # what was on screen at the click is what is stored, not tokens made after it
-            shown = shown_prefix(self.prompt_format.tokenizer, list(generated), reply.text)
+            shown = shown_prefix(prompt_format.tokenizer, list(generated), reply.text)
             if shown is not None:
                 generated, text = shown
         details: dict[str, Any] = params.to_dict()
@@ -109,13 +113,14 @@ class ReplyStore:
         return NewMessage(
             role="assistant",
             content=text,
-            token_ids=self.prompt_format.assistant_turn(generated),
+            token_ids=prompt_format.assistant_turn(generated),
             params=details,
             finish_reason=finish_reason(result, ending),
             prompt_tokens=None if result is None else result.prompt_tokens,
             completion_tokens=len(generated),
             latency_ms=round((time.perf_counter() - reply.started) * 1000),
             created_at=utcnow(),  # with role and text, what makes a replay recognisable
+            **(reply.served.stamp() if reply.served else {}),
         )
 
     async def _store(self, reply: LiveReply, message: NewMessage) -> MessageRecord | None:

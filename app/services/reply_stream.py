@@ -149,7 +149,7 @@ class LiveReplies:
                 if not done:
                     position = reply.stream.queue_position
                     if position is not None:
-                        running = self.engine.stats().running
+                        running = (reply.served.engine if reply.served else self.engine).stats().running
                         yield ChatEvent("waiting", conversation_id, text=reply.text, position=position, running=running)
                     continue
                 try:

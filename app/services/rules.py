@@ -30,6 +30,9 @@ class ChatOptions:
     top_p: float = 0.9
     max_new_tokens: int = 256
     seed: int | None = None
+    # the model picked on the page: a new chat's model, or another one for a chat whose model is
+    # gone (or to switch); "" keeps the chat's own model (the default for a new chat)
+    model: str = ""
 
     def sampling(self, max_allowed: int) -> SamplingParams:
         for name, value in (("Temperature", self.temperature), ("Top p", self.top_p),

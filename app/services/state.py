@@ -16,6 +16,7 @@ from app.services.limits import SearchGate
 from app.services.observer import NO_OBSERVER, ReplyObserver
 from app.services.persist import ReplyStore
 from app.services.reply_stream import LiveReplies
+from app.services.served_models import ServedModels
 from app.services.throttle import MessageThrottle
 from storage.errors import NotFound
 from storage.journal import Journal
@@ -39,12 +40,15 @@ class ServiceState:
         export_dir: Path | None = None,
         journal: Journal | None = None,
         observer: ReplyObserver = NO_OBSERVER,
+        models: ServedModels | None = None,
     ) -> None:
         self.repository = repository
         self.journal = journal or Journal(None)
         self.engine = engine
         self.prompt_format = prompt_format
         self.model_name = model_name
+        # every model a chat may use, the default (``engine``, ``model_name``) first; one without CHAT_MODELS
+        self.models = models or ServedModels.single(model_name, engine, prompt_format)
         self.max_input_chars = max_input_chars
         self.max_new_tokens = max_new_tokens
         self.rate_limit = rate_limit

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from app.web.model_engines import models_health
 from app.web.resources import ServerResources
 from storage.database import Database
 from storage.errors import StorageUnavailable
@@ -34,7 +35,7 @@ def build_health_router(resources: ServerResources, model_name: str) -> APIRoute
 
 async def health_report(resources: ServerResources, model_name: str) -> tuple[dict[str, Any], bool]:
     """Healthy means a tester's next reply would be stored: the database takes a write
-    now, nothing waits in the journal, and the engine can generate."""
+    now, nothing waits in the journal, and the default model's engine can generate."""
     report: dict[str, Any] = {"model": model_name}
     report["database"], healthy = await _database_health(resources.database)
     if resources.journal is not None:
@@ -47,6 +48,9 @@ async def health_report(resources: ServerResources, model_name: str) -> tuple[di
         engine = await resources.engine.health_report()
         report["engine"] = engine.report
         healthy = healthy and engine.healthy
+        # every offered name: another model being down is shown here but does not make the
+        # server degraded (its chats say so; the default model's chats keep being served)
+        report["models"] = await models_health(resources.models)
     report["status"] = "ok" if healthy else "degraded"
     return report, healthy
 

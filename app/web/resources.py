@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.engine.contract import ChatEngine
+from app.services.served_models import ServedModels
 from app.web.login_cookie import SessionManager
 from storage.database import Database
 from storage.journal import Journal
@@ -18,7 +19,8 @@ from storage.journal import Journal
 @dataclass
 class ServerResources:
     database: Database | None = None
-    engine: ChatEngine | None = None
+    engine: ChatEngine | None = None  # the default model's engine
+    models: ServedModels | None = None  # every offered name and its engine (one entry without CHAT_MODELS)
     sessions: SessionManager | None = None
     journal: Journal | None = None
     drained: bool = False  # the replies were finished or stopped once: a second drain does nothing

@@ -19,7 +19,6 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 
 import gradio as gr
 import uvicorn
@@ -32,14 +31,10 @@ from app.accounts.login_guard import LoginGuard
 from app.accounts.passwords import generate_password, hash_password
 from app.accounts.sessions import DatabaseUnavailable, LoginSessions
 from app.config import Settings
-from app.engine import ChatEngine, Engine, LoadedModel, ModelLoadError, PromptFormat, load_model
-from app.engine.fast_linear import pack_linear_layers
-from app.engine.process_engine import ProcessEngine, engine_process_config
-from app.engine.remote import RemoteEngine
+from app.engine import ModelLoadError
 from app.engine.remote_errors import RemoteEngineError
-from app.engine.remote_model import load_tokenizer_only
-from app.engine.remote_probe import probe_server
 from app.migrate import upgrade_async
+from app.models_registry import RegistryError, registry_from_settings
 from app.services.arena import ArenaService
 from app.services.chat import ChatService
 from app.services.shares import ShareService
@@ -53,6 +48,7 @@ from app.web.leaderboard import LEADERBOARD_PATH, build_leaderboard_router
 from app.web.login_cookie import SessionManager
 from app.web.login_gate import LoginGate
 from app.web.metrics import ServerMetrics, build_metrics_router
+from app.web.model_engines import PreparedModels, prepare_models
 from app.web.page.assets import CSS, PAGE_JS
 from app.web.page.ui import REPLY_EVENTS, ServiceHolder, build_ui
 from app.web.resources import ServerResources
@@ -113,11 +109,13 @@ def password_box(password: str) -> str:
     return "\n".join(["", edge, *rows, edge, ""])
 
 
-def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | None = None) -> FastAPI:
-    """The ASGI app; ``loaded`` is the model (or its tokenizer), already loaded, and ``engine``
-    the engine when ``serve`` started it before uvicorn (built here otherwise)."""
+def create_app(settings: Settings, prepared: PreparedModels) -> FastAPI:
+    """The ASGI app over the registry's engines, prepared by ``serve`` before uvicorn: each model
+    (or its tokenizer) loaded, its engine built, and a child-process engine already running."""
     holder = ServiceHolder()
-    resources = ServerResources()
+    served = prepared.served()
+    loaded = prepared.default.loaded
+    resources = ServerResources(models=served)
     metrics = ServerMetrics(loaded.name, resources)
     sampler = FigureSampler(resources, metrics)
 
@@ -135,9 +133,11 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
                 log.warning("%d replies from the last run wait for the database", journal.backlog)
         replayer = asyncio.create_task(journal.keep_replaying(repository), name="journal-replay")
         resources.first_admin_password = await ensure_first_admin(repository)
-        chat_engine = engine or build_engine(settings, loaded)
-        chat_engine.start()
-        await chat_engine.wait_ready()
+        for each_engine in prepared.engines():
+            each_engine.start()
+        for each_engine in prepared.engines():
+            await each_engine.wait_ready()
+        chat_engine = served.default.engine
         sessions = SessionManager(LoginSessions(repository))
         await sessions.prune()
         sampling = asyncio.create_task(sampler.run(), name="admin-figures")
@@ -148,8 +148,9 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
         holder.service = ChatService(
             repository,
             chat_engine,
-            PromptFormat(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length),
-            loaded.name,
+            served.default.prompt_format,
+            served.default.name,
+            models=served,
             max_input_chars=settings.max_input_chars,
             max_new_tokens=settings.max_new_tokens,
             rate_limit=settings.rate_limit,
@@ -178,13 +179,13 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
             return
         resources.drained = True
         print("Shutting down: finishing running replies...", flush=True)
-        await resources.engine.stop(grace_seconds=SHUTDOWN_GRACE_SECONDS)
+        await prepared.stop(grace_seconds=SHUTDOWN_GRACE_SECONDS)
         if holder.service is not None:
             await holder.service.replies_settled(STORE_AFTER_SHUTDOWN_SECONDS)
 
     def announce() -> None:
         """Once uvicorn listens: where to go, then (first start only) the admin password, last."""
-        print(f"Serving {loaded.name} on http://{settings.host}:{settings.port} (Ctrl-C stops)", flush=True)
+        print(f"Serving {', '.join(served.names)} on http://{settings.host}:{settings.port} (Ctrl-C stops)", flush=True)
         password, resources.first_admin_password = resources.first_admin_password, None
         if password is not None:
             print(password_box(password), flush=True)
@@ -245,13 +246,13 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
                        public_paths=(*PUBLIC_PATHS, *ADMIN_PATHS), own_login_check=SHARE_PATHS)
     app.add_middleware(LoginGate, guard=guard, devices=devices)  # outermost: refuses a login flood first
 
-    blocks = build_ui(holder, settings)
+    blocks = build_ui(holder, settings, [(model.label, model.name) for model in served])
     size_queue(blocks, settings)
-    served = gr.mount_gradio_app(
+    mounted = gr.mount_gradio_app(
         app, blocks, path="/", auth_dependency=current_username, css=CSS, js=PAGE_JS, ssr_mode=False, footer_links=[],
         max_file_size=1,  # no uploads (the middleware refuses the route; this is a second lock)
     )
-    gradio_app = next(route.app for route in served.routes if isinstance(route, Mount))
+    gradio_app = next(route.app for route in mounted.routes if isinstance(route, Mount))
 
     def end_page_streams() -> None:
         """End every open page's heartbeat stream (Gradio's own stop signal for them).
@@ -263,7 +264,7 @@ def create_app(settings: Settings, loaded: LoadedModel, engine: ChatEngine | Non
             stop_event.set()
 
     app.state.end_page_streams = end_page_streams
-    return served
+    return mounted
 
 
 def size_queue(blocks: gr.Blocks, settings: Settings) -> None:
@@ -315,66 +316,6 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def build_engine(settings: Settings, loaded: LoadedModel) -> ChatEngine:
-    """The client of an inference server when ``engine_url`` is set; else the embedded engine, in a
-    process of its own (``engine_process``, which loads the model itself) or in a thread here."""
-    if settings.engine_url:
-        return RemoteEngine(
-            loaded,
-            settings.engine_url,
-            settings.engine_protocol,
-            max_concurrency=settings.max_batch_size,
-            max_queue=settings.max_queue,
-            served_model=settings.engine_model or None,
-            read_timeout=settings.engine_timeout,
-        )
-    if settings.engine_process:
-        return ProcessEngine(engine_process_config(settings))
-    return Engine(
-        loaded,
-        max_batch_size=settings.max_batch_size,
-        max_queue=settings.max_queue,
-        prefill_chunk=settings.prefill_chunk,
-        prefill_share=settings.prefill_share,
-        prefix_cache_mb=settings.kv_cache_mb,
-        kv_reserve_tokens=settings.kv_reserve_tokens,
-    )
-
-
-def load_for_remote(settings: Settings) -> tuple[LoadedModel, Settings]:
-    """Tokenizer only, checked against the inference server, whose context limit then applies.
-
-    Returns the settings with ``engine_model`` filled in: the model name the
-    OpenAI protocol must send, as the server reported it.
-    """
-    loaded = load_tokenizer_only(settings.model, settings.cache_dir)
-    info = probe_server(settings.engine_url, settings.engine_protocol, loaded.tokenizer, settings.engine_wait_seconds)
-    if info.context_length is not None:
-        loaded = replace(loaded, context_length=min(loaded.context_length, info.context_length))
-    if settings.engine_protocol == "openai" and info.model and not settings.engine_model:
-        settings = replace(settings, engine_model=info.model)
-    log.info("generating on %s (%s, %s)", settings.engine_url, settings.engine_protocol, info.model)
-    return loaded, settings
-
-
-def start_engine_process(settings: Settings) -> tuple[LoadedModel, ProcessEngine]:
-    """The tokenizer here and the model in the generation process, loaded side by side.
-
-    Waits until the child has warmed up, so a bad ``--model`` still ends the start with
-    one line before uvicorn listens. The tokenizer side comes first: for the default
-    model it converts the GGUF into the cache the child then loads from.
-    """
-    loaded = load_tokenizer_only(settings.model, settings.cache_dir)
-    engine = ProcessEngine(engine_process_config(settings))
-    engine.start()
-    try:
-        engine.wait_ready_blocking()
-    except ModelLoadError:
-        asyncio.run(engine.stop())
-        raise
-    return loaded, engine
-
-
 def proxy_options(settings: Settings) -> dict[str, object]:
     """uvicorn believes X-Forwarded-For/-Proto only from ``CHAT_TRUSTED_PROXIES``; by default from no one.
 
@@ -390,21 +331,13 @@ def serve(settings: Settings) -> int:
     """``python -m app serve``: load the model (or check the inference server), then run uvicorn until Ctrl-C."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.getLogger().setLevel(logging.INFO)
-    engine: ChatEngine | None = None
     try:
-        if settings.engine_url:
-            loaded, settings = load_for_remote(settings)
-        elif settings.engine_process:
-            loaded, engine = start_engine_process(settings)
-        else:
-            loaded = load_model(settings.model, settings.cache_dir, settings.threads)
-    except (ModelLoadError, RemoteEngineError) as error:
+        registry = registry_from_settings(settings)
+        prepared = prepare_models(settings, registry)
+    except (ModelLoadError, RemoteEngineError, RegistryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if settings.fast_kernels and loaded.model is not None:
-        packed = pack_linear_layers(loaded.model)
-        log.info("%d linear layers on prepacked oneDNN kernels", packed)
-    app = create_app(settings, loaded, engine)
+    app = create_app(settings, prepared)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10,
         **proxy_options(settings),

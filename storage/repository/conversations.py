@@ -60,6 +60,14 @@ class ConversationStore(RepositoryBase):
             conversation = await self._owned(session, user_id, conversation_id)
             conversation.title = title
 
+    async def set_conversation_model(self, user_id: int, conversation_id: str, model: str) -> None:
+        """The model a chat continues with (the tester picked another, or its own is no longer offered);
+        each message keeps the model that wrote it."""
+        model = check_text(model, "model name")[:MODEL_NAME_MAX]
+        async with self.database.writer() as session, session.begin():
+            conversation = await self._owned(session, user_id, conversation_id)
+            conversation.model = model
+
     async def set_pinned(self, user_id: int, conversation_id: str, pinned: bool) -> None:
         """Pin or unpin a chat; its last-active time stays as it was."""
         async with self.database.writer() as session, session.begin():

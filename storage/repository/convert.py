@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from storage.models import Conversation, Message, Rating, User
+from storage.models import MODEL_NAME_MAX, Conversation, Message, Rating, User
 from storage.repository.checks import RATING_NAMES
 from storage.repository.records import ConversationSummary, MessageRecord, NewMessage, RatingRecord, UserRecord
 from storage.tokens import unpack_token_ids
@@ -45,6 +45,8 @@ def message_record(
         versions=versions if len(versions) > 1 else (),
         rating=next((r for r in ratings if r.username == owner), None),
         ratings=ratings,
+        model=message.model,
+        variant=message.variant,
     )
 
 
@@ -67,6 +69,8 @@ def message_row(
         created_at=created_at,
         parent_id=parent_id,
         active=active,
+        model=message.model[:MODEL_NAME_MAX] if message.model else None,
+        variant=message.variant[:MODEL_NAME_MAX] if message.variant else None,
     )
 
 
@@ -95,4 +99,6 @@ def message_json(message: NewMessage | MessageRecord) -> dict[str, Any]:
         "completion_tokens": message.completion_tokens,
         "latency_ms": message.latency_ms,
         "created_at": message.created_at.isoformat() if message.created_at else None,
+        "model": message.model,
+        "variant": message.variant,
     }

@@ -54,6 +54,8 @@ class MessageRecord:
     versions: tuple[int, ...] = ()
     rating: RatingRecord | None = None  # the chat owner's rating
     ratings: tuple[RatingRecord, ...] = ()  # everyone's (for exports)
+    model: str | None = None  # the model that wrote it (None: imported or journaled without one)
+    variant: str | None = None  # the variant of that model, if one was used
 
     @property
     def version(self) -> int:
@@ -139,4 +141,6 @@ class NewMessage:
     completion_tokens: int | None = None
     latency_ms: int | None = None
     created_at: datetime | None = None
+    model: str | None = None  # the model that wrote it (its weights), and the variant, if one was used
+    variant: str | None = None
 

@@ -72,7 +72,7 @@ def frozen_message(message: MessageRecord, model: str) -> dict[str, Any]:
     """A message as JSON for the snapshot: what the share page shows and what a copy continues from."""
     return {
         **message_json(message),
-        "model": str((message.params or {}).get("model") or model),
+        "model": str(message.model or (message.params or {}).get("model") or model),
         "version": message.version,
         "version_count": message.version_count,
         "rating": message.rating.value if message.rating else None,

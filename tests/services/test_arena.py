@@ -174,3 +174,17 @@ async def test_the_cli_prints_the_leaderboard_and_exports_the_votes(repository, 
     ]
     assert sorted(line["winner"] for line in lines) == ["model_a", "model_a", "model_b", "tie"]
     print("\nbattles export line:", json.dumps({k: lines[0][k] for k in ("model_a", "model_b", "winner", "turn")}))
+
+    prefs = tmp_path / "preferences.jsonl"
+    exported = cli("export", "--all-users", "--format", "preferences", "--out", str(prefs))
+    assert exported.returncode == 0 and "and 3 battle vote pair(s)" in exported.stderr, exported.stderr
+    pairs = [json.loads(line) for line in prefs.read_text(encoding="utf-8").splitlines()]
+    battle_pairs = [p for p in pairs if p.get("source") == "battle"]
+    assert len(battle_pairs) == 3  # the tie gives none
+    for pair in battle_pairs:
+        battle = stored[pair["battle_id"]]
+        winner_reply = "Paris." if battle.winner == "model_a" else "It is Paris."
+        assert pair["prompt"] == [{"role": "user", "content": "Capital of France?"}]
+        assert pair["chosen"] == [{"role": "assistant", "content": winner_reply}]
+        assert pair["rejected"][0]["content"] != winner_reply
+        assert pair["chosen_model"] == (battle.model_a if battle.winner == "model_a" else battle.model_b)

@@ -403,24 +403,40 @@ async def test_a_populated_database_upgrades_to_head_without_loss(database_url):
 PRE_SHARE_TABLES = ("users", "conversations", "messages", "login_sessions", "ratings")
 
 
-async def every_row(url: str) -> dict[str, list[tuple]]:
-    """Every row of the tables that existed at 0006, in a fixed order, as plain values."""
+async def every_row(url: str, columns: dict[str, list[str]] | None = None) -> dict[str, list[tuple]]:
+    """Every row of the tables that existed at 0006, in a fixed order, as plain values: all their
+    columns, or only ``columns`` (those a table had then; later revisions may add some)."""
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:
             rows = {}
             for table in PRE_SHARE_TABLES:
-                result = await connection.execute(text(f"SELECT * FROM {table}"))
+                names = ", ".join(columns[table]) if columns else "*"
+                result = await connection.execute(text(f"SELECT {names} FROM {table}"))
                 rows[table] = sorted((tuple(row) for row in result), key=repr)
             return rows
     finally:
         await engine.dispose()
 
 
+async def column_names(url: str) -> dict[str, list[str]]:
+    """The columns of each table that existed at 0006, as the database has them now."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(
+                lambda sync: {table: [c["name"] for c in inspect(sync).get_columns(table)]
+                              for table in PRE_SHARE_TABLES}
+            )
+    finally:
+        await engine.dispose()
+
+
 async def test_a_database_populated_at_0006_upgrades_to_head_with_every_row_unchanged(database_url):
-    """0007 (share links) and 0008 (admin audit) only add tables: every earlier row stays as it was,
-    and the new tables start empty and work."""
-    await asyncio.to_thread(upgrade, database_url, "0006")
+    """0007 (share links) and 0008 (admin audit) only add tables and 0009 two columns: every earlier
+    row stays as it was, and the new tables start empty and work. The repository reads and writes the
+    newest schema only, so the database is filled at head and then taken down to 0006."""
+    await asyncio.to_thread(upgrade, database_url)
     database = Database(database_url)
     try:
         repository = Repository(database)
@@ -440,11 +456,13 @@ async def test_a_database_populated_at_0006_upgrades_to_head_with_every_row_unch
             await repository.create_login_session(user.id, user.username[0] * 64, utcnow() + timedelta(days=1))
     finally:
         await database.dispose()
+    await asyncio.to_thread(downgrade, database_url, "0006")
     before = await every_row(database_url)
     assert all(before[table] for table in PRE_SHARE_TABLES)
+    columns_at_0006 = await column_names(database_url)
 
     await asyncio.to_thread(upgrade, database_url)
-    assert await every_row(database_url) == before
+    assert await every_row(database_url, columns_at_0006) == before
     assert await model_differences(database_url) == []
     engine = create_engine(database_url)
     try:
@@ -453,6 +471,59 @@ async def test_a_database_populated_at_0006_upgrades_to_head_with_every_row_unch
                 assert (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one() == 0
     finally:
         await engine.dispose()
+
+
+async def test_a_database_populated_at_0008_gets_each_message_its_conversations_model(database_url):
+    """0009 adds the model (and variant) of each message: every old message gets its chat's model,
+    no variant, and every other field of every row stays as it was. (Filled at head through the
+    repository, which knows only the newest schema, then taken down to 0008.)"""
+    await asyncio.to_thread(upgrade, database_url)
+    database = Database(database_url)
+    try:
+        repository = Repository(database)
+        alice = await repository.create_user("alice", "hash-a")
+        bob = await repository.create_user("bob", "hash-b")
+        expected: dict[int, str] = {}
+        for user, model in ((alice, "SmolLM2-135M-Instruct"), (alice, "checkpoint-2"), (bob, "tiny ✓ model")):
+            for number in range(2):
+                chat = await repository.create_conversation(user.id, f"{model} chat {number}", model)
+                stored = await repository.append_messages(user.id, chat.id, [
+                    NewMessage("system", "Be brief.", [9]),
+                    NewMessage("user", f"question {number}", [1, 2, 70_000 + number], params={"temperature": 0.5}),
+                    NewMessage("assistant", f"answer {number}", [3, 4], finish_reason="eos", completion_tokens=2),
+                ])
+                await repository.set_rating(user.id, chat.id, stored[-1].id, "up", "good")
+                expected.update({message.id: model for message in stored})
+    finally:
+        await database.dispose()
+    await asyncio.to_thread(downgrade, database_url, "0008")
+    columns_at_0008 = await column_names(database_url)
+    assert "model" not in columns_at_0008["messages"]
+    before = await every_row(database_url)
+
+    await asyncio.to_thread(upgrade, database_url)
+    assert await every_row(database_url, columns_at_0008) == before
+    assert await model_differences(database_url) == []
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text("SELECT id, model, variant FROM messages"))).all()
+    finally:
+        await engine.dispose()
+    assert {row.id: row.model for row in rows} == expected
+    assert {row.variant for row in rows} == {None}
+    # and the repository reads it, per message
+    database = Database(database_url)
+    try:
+        chats = await Repository(database).list_conversations(bob.id)
+        record = await Repository(database).get_conversation(bob.id, chats[0].id)
+        assert [m.model for m in record.messages] == ["tiny ✓ model"] * 3
+    finally:
+        await database.dispose()
+
+    await asyncio.to_thread(downgrade, database_url, "0008")
+    assert "model" not in (await column_names(database_url))["messages"]
+    assert await every_row(database_url) == before
 
 
 async def test_models_and_migrations_agree_on_indexes_and_constraints(database_url):

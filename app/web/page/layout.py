@@ -9,6 +9,7 @@ clients see some of those numbers in the names of unlabelled outputs.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gradio as gr
@@ -50,6 +51,8 @@ class PageComponents:
     # the sidebar of chats
     greeting: gr.Markdown
     new_chat_button: gr.Button
+    # the model of the chat on screen (a new chat's: the default first); hidden when only one is offered
+    model_choice: gr.Dropdown
     theme_button: gr.Button
     search: gr.Textbox
     clear_search: gr.Button
@@ -97,8 +100,9 @@ class PageComponents:
         return [self.system_prompt, self.temperature, self.top_p, self.max_new_tokens]
 
 
-def build_layout(settings: Settings) -> PageComponents:
-    """Declare the page's components inside the current ``gr.Blocks``."""
+def build_layout(settings: Settings, models: Sequence[tuple[str, str]] = ()) -> PageComponents:
+    """Declare the page's components inside the current ``gr.Blocks``; ``models`` are the offered
+    models as (label, name), the default first."""
     conversation_state = gr.Textbox(visible="hidden", elem_id="conversation-id")
     timezone = gr.Textbox("UTC", visible="hidden", elem_id="timezone")
     row_id = gr.Textbox(visible="hidden", elem_id="row-id")
@@ -109,6 +113,12 @@ def build_layout(settings: Settings) -> PageComponents:
         with gr.Row(elem_id="sidebar-actions"):
             new_chat_button = gr.Button("+ New chat", variant="primary", scale=4, elem_id="new-chat")
             theme_button = gr.Button("◐", scale=1, min_width=40, elem_id="theme-toggle")
+        # value None: an API client that leaves it out keeps the chat's own model (the default for a new
+        # chat); any name is passed on (allow_custom_value) so the server, not the page, checks it
+        model_choice = gr.Dropdown(
+            choices=list(models), value=None, label="Model", allow_custom_value=True, interactive=True,
+            visible=len(models) > 1, elem_id="model-choice",
+        )
         with gr.Row(elem_id="search-row"):
             search = gr.Textbox(
                 placeholder="Search titles and messages", show_label=False, elem_id="search", scale=8,
@@ -168,7 +178,8 @@ def build_layout(settings: Settings) -> PageComponents:
         undo_button = gr.Button("↶ Undo", size="sm", elem_id="undo")
     return PageComponents(
         conversation_state=conversation_state, timezone=timezone, row_id=row_id, row_title=row_title,
-        row_pinned=row_pinned, greeting=greeting, new_chat_button=new_chat_button, theme_button=theme_button,
+        row_pinned=row_pinned, greeting=greeting, new_chat_button=new_chat_button, model_choice=model_choice,
+        theme_button=theme_button,
         search=search, clear_search=clear_search, no_match=no_match, chat_rows=chat_rows, chat_list=chat_list,
         more_button=more_button, system_prompt=system_prompt, temperature=temperature, top_p=top_p,
         max_new_tokens=max_new_tokens, earlier_button=earlier_button, chatbot=chatbot, status=status,

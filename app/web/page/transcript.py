@@ -12,6 +12,8 @@ click on one into the switch-version event, so nothing navigates.
 
 from __future__ import annotations
 
+import html
+
 from app.services.chat import interrupted
 from app.web.page.message_window import PAGE_MESSAGES, newest
 from app.web.page.rendering import safe_markdown
@@ -86,13 +88,39 @@ def conversation_bubbles(
     if conversation is None:
         return []
     messages, _hidden = shown_messages(conversation, shown)
-    bubbles = [message_bubble(m) for m in messages]
+    bubbles = with_model_changes(messages, [message_bubble(m) for m in messages])
     if interrupted(conversation):
         if live_text is not None:
             bubbles.append({"role": "assistant", "content": shown_as_text(live_text) or "…"})
         else:
             bubbles.append({"role": "assistant", "content": INTERRUPTED_NOTE})
     return with_user_versions(messages, bubbles)
+
+
+def written_by(message: MessageRecord) -> str | None:
+    """The name a reply was written by: its variant's, else its model's (None: not recorded)."""
+    return message.variant or message.model
+
+
+def with_model_changes(messages: list[MessageRecord], bubbles: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Where a chat continued with another model, the first reply of that model says so, once.
+
+    Said on the reply (not as a message of its own) so the bubbles stay one per message;
+    re-encoding is mentioned only when the weights changed (a variant reads the same ids).
+    """
+    bubbles = list(bubbles)
+    previous: MessageRecord | None = None
+    for index, message in enumerate(messages):
+        if message.role != "assistant" or not written_by(message):
+            continue
+        if previous is not None and written_by(previous) != written_by(message):
+            name = html.escape(written_by(message) or "")
+            line = f'<small class="model-change">continued with <code>{name}</code>'
+            if previous.model != message.model:
+                line += " (earlier messages re-encoded from text)"
+            bubbles[index] = {**bubbles[index], "content": line + "</small>\n\n" + bubbles[index]["content"]}
+        previous = message
+    return bubbles
 
 
 def with_user_versions(messages: list[MessageRecord], bubbles: list[dict[str, str]]) -> list[dict[str, str]]:

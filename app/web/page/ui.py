@@ -17,6 +17,8 @@ that page, so opening another chat mid-reply shows that chat and nothing else
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gradio as gr
 
 from app.config import Settings
@@ -36,11 +38,12 @@ from app.web.page.wiring import REPLY_EVENTS, PageHandlers, wire
 __all__ = ["PENDING_NOTE", "REPLY_EVENTS", "ServiceHolder", "build_ui", "message_bubble"]
 
 
-def build_ui(holder: ServiceHolder, settings: Settings) -> gr.Blocks:
-    """The chat page. Wiring only: each handler calls one ChatService method."""
+def build_ui(holder: ServiceHolder, settings: Settings, models: Sequence[tuple[str, str]] = ()) -> gr.Blocks:
+    """The chat page. Wiring only: each handler calls one ChatService method. ``models``: the offered
+    models as (label, name), the default first (the model control shows when there are two or more)."""
     skip_absent_matplotlib()
     with LeanBlocks(title="Team Chat", delete_cache=(600, 3600)) as demo:
-        page = build_layout(settings)
+        page = build_layout(settings, models)
         context = PageContext.create(holder, page, settings)
         lists = ChatListHandlers(context)
         handlers = PageHandlers(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,22 @@ class PageContext:
             page.top_p: options.top_p,
             page.max_new_tokens: max(1, min(int(options.max_new_tokens), self.max_new_tokens)),
         }
+
+    def chat_model(self, conversation: ConversationRecord | None) -> tuple[str, str]:
+        """The model control's value for this chat (None: a new one, the default) and, when its model is
+        no longer offered (with several offered), the sentence saying so and what the next message does."""
+        models = self.service.models
+        if conversation is None or conversation.model in models:
+            return (conversation.model if conversation else models.default.name), ""
+        default = models.default
+        if len(models) < 2:
+            return default.name, ""  # one model, as always: the chat continues with it, re-encoded
+        gone = html.escape(conversation.model)
+        return default.name, (
+            f"This chat was written by {gone}, which this server no longer offers: your next message goes to "
+            f"{html.escape(default.label)} (or pick another model on the left), and the earlier messages are "
+            "re-encoded from text."
+        )
 
     def marked_view(
         self, conversation: ConversationRecord | None, live: str | None = None, shown: int = PAGE_MESSAGES

@@ -79,8 +79,9 @@ class ReplyHandlers:
 
     async def on_send(
         self, text: str, conversation_id: str | None, system_prompt: str, temperature: float, top_p: float,
-        max_new_tokens: float, search: str, request: gr.Request,
+        max_new_tokens: float, search: str, request: gr.Request, model: str | None = None,
     ) -> AsyncIterator[Updates]:
+        """``model``: the model picked on the page (None or '': the chat's own; a new chat's default)."""
         page, views = self.page, self.context.views
         username, session = request.username, request.session_hash
         service = self.context.service
@@ -95,7 +96,8 @@ class ReplyHandlers:
         if before is not None and interrupted(before):
             bubbles[-1] = {"role": "assistant", "content": f"*{FINISH_NOTES['interrupted']}*"}
         history = list(bubbles)
-        options = ChatOptions(system_prompt or "", temperature, top_p, max_new_tokens)  # checked by the service
+        # checked by the service, the model name too
+        options = ChatOptions(system_prompt or "", temperature, top_p, max_new_tokens, model=model or "")
         bubbles += [{"role": "user", "content": shown_as_text(text or "")}, {"role": "assistant", "content": "…"}]
         cleared = False
         try:
@@ -119,7 +121,7 @@ class ReplyHandlers:
 
     async def on_retry(
         self, conversation_id: str | None, temperature: float, top_p: float, max_new_tokens: float, search: str,
-        request: gr.Request,
+        request: gr.Request, model: str | None = None,
     ) -> AsyncIterator[Updates]:
         page, views = self.page, self.context.views
         username, session = request.username, request.session_hash
@@ -132,7 +134,7 @@ class ReplyHandlers:
             yield {page.conversation_state: conversation_id, page.status: problem(error)}
             return
         bubbles = with_user_versions(kept, [*(message_bubble(m) for m in kept), {"role": "assistant", "content": "…"}])
-        options = ChatOptions("", temperature, top_p, max_new_tokens)  # checked by the service
+        options = ChatOptions("", temperature, top_p, max_new_tokens, model=model or "")  # checked by the service
         try:
             events = service.retry(username, chat, options)
             async for update in self.streamed(events, bubbles, self.relay(request, search, conversation_id)):

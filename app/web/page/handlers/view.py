@@ -29,17 +29,35 @@ class ViewHandlers:
     def chat_updates(self, conversation: ConversationRecord | None) -> Updates:
         """The chat pane for this chat (None: a new one): messages, id, status, buttons and the chat's settings."""
         page = self.page
+        model, note = self.context.chat_model(conversation)
         if conversation is None:
             return {
                 page.chatbot: [], page.conversation_state: None, page.status: "",
-                **self.context.buttons(False, False), **self.context.chat_settings(None),
+                **self.context.buttons(False, False), **self.context.chat_settings(None), page.model_choice: model,
             }
         live = self.context.service.live_text(conversation)
         return {
             page.chatbot: conversation_bubbles(conversation, live), page.conversation_state: conversation.id,
-            page.status: "", **self.context.buttons(live is not None, has_exchange(conversation)),
-            **self.context.chat_settings(options_of(conversation)),
+            page.status: note, **self.context.buttons(live is not None, has_exchange(conversation)),
+            **self.context.chat_settings(options_of(conversation)), page.model_choice: model,
         }
+
+    async def on_model_picked(self, model: str | None, conversation_id: str | None, request: gr.Request) -> Updates:
+        """A model picked on the page: the settings it sets (a variant's temperature...) fill in; a system
+        prompt only for a new chat (it is set when a chat starts). Whether it is offered, the server checks."""
+        page = self.page
+        models = self.context.service.models
+        if not model or model not in models:
+            return {page.status: ""}
+        defaults = dict(models.get(model).defaults)
+        if conversation_id:
+            defaults.pop("system_prompt", None)
+        updates: Updates = {page.status: ""}
+        boxes = {"system_prompt": page.system_prompt, "temperature": page.temperature, "top_p": page.top_p,
+                 "max_new_tokens": page.max_new_tokens}
+        for key, value in defaults.items():
+            updates[boxes[key]] = min(value, self.context.max_new_tokens) if key == "max_new_tokens" else value
+        return updates
 
     async def on_load(self, timezone: str, request: gr.Request) -> Updates:
         """The page as it opens: the chat its address names (``?c=``), else a new chat with the last settings."""
@@ -49,6 +67,8 @@ class ViewHandlers:
         views.open_page(session, timezone or "UTC")
         wanted = request.query_params.get("c") if request.query_params else None
         greeting = f"Signed in as **{html.escape(username or '')}** · model `{service.model_name}`"
+        if len(service.models) > 1:
+            greeting = f"Signed in as **{html.escape(username or '')}** · {len(service.models)} models"
         conversation, note = None, ""
         if wanted:
             try:

@@ -5,8 +5,8 @@ One row per battle: who rated, which model was shown on which side, each side's 
 and when, and why the battle was not blind if a reply named a model (``flag``).
 Indexed for a tester's own battles, newest first, and for the leaderboard's "since".
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-08
 """
 
@@ -17,8 +17,8 @@ from alembic import op
 
 from storage.models import UTCDateTime
 
-revision: str = "0009"
-down_revision: str | Sequence[str] | None = "0008"
+revision: str = "0010"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
