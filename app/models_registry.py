@@ -37,7 +37,8 @@ DEFAULT_TOKENIZER = "smollm2"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PLACE_KEYS = frozenset({"source", "url", "protocol", "tokenizer", "served_model"})
 DEFAULT_KEYS = frozenset({"system_prompt", "temperature", "top_p", "max_new_tokens"})
-ENTRY_KEYS = frozenset({"name", "label", "base"}) | PLACE_KEYS | DEFAULT_KEYS
+ARENA_KEYS = frozenset({"arena", "aliases"})  # blind battles: in the pool, and the names a reply must not say
+ENTRY_KEYS = frozenset({"name", "label", "base"}) | PLACE_KEYS | DEFAULT_KEYS | ARENA_KEYS
 FILE_KEYS = frozenset({"default", "models"})
 
 
@@ -85,6 +86,8 @@ class ModelEntry:
     served_model: str | None = None
     base: str | None = None
     defaults: ModelDefaults = field(default_factory=ModelDefaults)
+    arena: bool = False  # drawn into blind battles
+    aliases: tuple[str, ...] = ()  # other names that give it away in a reply (the leak guard)
 
     @property
     def is_variant(self) -> bool:
@@ -273,7 +276,23 @@ def _entry(position: int, table: object) -> ModelEntry:
         served_model=table.get("served_model"),
         base=table.get("base"),
         defaults=_defaults(name, table),
+        arena=_arena(name, table),
+        aliases=_aliases(name, table),
     )
+
+
+def _arena(name: str, table: Mapping[str, Any]) -> bool:
+    value = table.get("arena", False)
+    if not isinstance(value, bool):
+        raise RegistryError(f"model {name!r}: arena must be true or false, not {value!r}")
+    return value
+
+
+def _aliases(name: str, table: Mapping[str, Any]) -> tuple[str, ...]:
+    value = table.get("aliases", [])
+    if not isinstance(value, list) or not all(isinstance(alias, str) and alias.strip() for alias in value):
+        raise RegistryError(f"model {name!r}: aliases must be a list of names, not {value!r}")
+    return tuple(alias.strip() for alias in value)
 
 
 def _defaults(name: str, table: Mapping[str, Any]) -> ModelDefaults:
@@ -318,4 +337,7 @@ def _merged(entry: ModelEntry, entries: Mapping[str, ModelEntry]) -> ModelEntry:
         current = entries[current.base]
         seen.append(current.name)
         defaults = defaults.over(current.defaults)
-    return ModelEntry(name=entry.name, label=entry.label, base=entry.base, defaults=defaults)
+    return ModelEntry(
+        name=entry.name, label=entry.label, base=entry.base, defaults=defaults, arena=entry.arena,
+        aliases=entry.aliases,
+    )

@@ -35,7 +35,7 @@ from app.engine import ModelLoadError
 from app.engine.remote_errors import RemoteEngineError
 from app.migrate import upgrade_async
 from app.models_registry import RegistryError, registry_from_settings
-from app.services.arena import ArenaService
+from app.services.arena import ArenaModel, ArenaService
 from app.services.chat import ChatService
 from app.services.shares import ShareService
 from app.web.admin import ADMIN_PATHS, build_admin_router
@@ -231,7 +231,12 @@ def create_app(settings: Settings, prepared: PreparedModels) -> FastAPI:
     app.include_router(build_share_router(
         lambda: ShareService(repository()), sessions, public=settings.public_shares
     ))
-    app.include_router(build_leaderboard_router(lambda: ArenaService(repository(), [])))
+    registry = prepared.registry
+    pool = [ArenaModel(entry.name, entry.label, entry.aliases) for entry in registry if entry.arena]
+    labels = {entry.name: entry.label for entry in registry}
+    app.include_router(build_leaderboard_router(
+        lambda: ArenaService(repository(), pool), lambda name: labels.get(name, name)
+    ))
     # innermost: binds each page session to the login the security middleware found
     app.add_middleware(SessionBinding, functions=lambda: blocks.fns)
     # Configuring CORSMiddleware here makes Gradio drop its own CORS layer (which allows

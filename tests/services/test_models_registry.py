@@ -72,6 +72,15 @@ def test_a_good_file_lists_entries_default_first_and_merges_variant_defaults(tmp
         registry.get("nope")
 
 
+def test_entries_opt_into_the_arena_with_the_aliases_a_reply_must_not_say(tmp_path):
+    text = GOOD.format(folder=tmp_path, port=9).replace(
+        'system_prompt = "Be brief."', 'system_prompt = "Be brief."\narena = true\naliases = ["TinyLM", "Tiny"]'
+    ) + '[[models]]\nname = "cold"\nbase = "tiny-a"\ntemperature = 0.1\narena = true\n'
+    registry = load_registry(write(tmp_path, text))
+    assert [(e.name, e.aliases) for e in registry if e.arena] == [("tiny-a", ("TinyLM", "Tiny")), ("cold", ())]
+    assert not registry.get("warm").arena and not registry.get("remote").arena
+
+
 def test_without_a_file_the_registry_is_todays_one_model(tmp_path):
     settings = Settings.from_env({"CHAT_DATA_DIR": str(tmp_path)})
     registry = registry_from_settings(settings)
@@ -121,6 +130,12 @@ BAD_FILES = {
     "no name": ('[[models]]\nsource = "smollm2"\n', "entry 1 of the models file needs a short name"),
     "empty": ('default = "a"\n', "lists no model"),
     "not toml": ('[[models]\nname = "a"', "is not valid TOML"),
+    "arena not a flag": (
+        '[[models]]\nname = "a"\nsource = "smollm2"\narena = "yes"\n', "model 'a': arena must be true or false"
+    ),
+    "aliases not a list": (
+        '[[models]]\nname = "a"\nsource = "smollm2"\naliases = "Smol"\n', "model 'a': aliases must be a list"
+    ),
 }
 
 
