@@ -93,6 +93,9 @@ def build_leaderboard(votes: Iterable[Vote], *, resamples: int = 500, seed: int 
     cells, counts = _cells(counted, models)
     scores = _scores(_fit(cells, counts, len(models)))[0]
     lower, upper = _intervals(cells, counts, len(models), max(MIN_RESAMPLES, resamples), seed)
+    # with very few votes every resample is the same data and the bounds equal the estimate up
+    # to rounding: keep the estimate inside its interval, as a reader expects
+    lower, upper = np.minimum(lower, scores), np.maximum(upper, scores)
     tallies = _tallies(counted)
     order = sorted(range(len(models)), key=lambda i: (-scores[i], models[i]))
     standings = [

@@ -41,6 +41,7 @@ from app.services.shares import ShareService
 from app.web.admin import ADMIN_PATHS, build_admin_router
 from app.web.admin_figures import FigureSampler
 from app.web.auth_routes import SignupLimiter, build_auth_router
+from app.web.battle_routes import BATTLE_PATH, build_battle_router
 from app.web.device_cookie import DeviceCookies
 from app.web.export_route import build_export_router
 from app.web.health import build_health_router
@@ -237,6 +238,9 @@ def create_app(settings: Settings, prepared: PreparedModels) -> FastAPI:
     app.include_router(build_leaderboard_router(
         lambda: ArenaService(repository(), pool), lambda name: labels.get(name, name)
     ))
+    app.include_router(build_battle_router(
+        holder.get, lambda: ArenaService(repository(), pool), registry, current_username, settings.max_new_tokens
+    ))
     # innermost: binds each page session to the login the security middleware found
     app.add_middleware(SessionBinding, functions=lambda: blocks.fns)
     # Configuring CORSMiddleware here makes Gradio drop its own CORS layer (which allows
@@ -247,7 +251,7 @@ def create_app(settings: Settings, prepared: PreparedModels) -> FastAPI:
     )
     # the admin paths answer for themselves: 403 for everyone but an admin, no "please log in" hint
     app.add_middleware(SecurityMiddleware, login_of=login_of, allowed_origins=settings.allowed_origins,
-                       page_paths=("/", LEADERBOARD_PATH),
+                       page_paths=("/", LEADERBOARD_PATH, BATTLE_PATH),
                        public_paths=(*PUBLIC_PATHS, *ADMIN_PATHS), own_login_check=SHARE_PATHS)
     app.add_middleware(LoginGate, guard=guard, devices=devices)  # outermost: refuses a login flood first
 

@@ -131,6 +131,7 @@ def build_layout(settings: Settings, models: Sequence[tuple[str, str]] = ()) -> 
         more_button = gr.Button("Show older chats", size="sm", visible=False, elem_id="more-chats")
         gr.HTML(EXPORT_ALL_LINKS, elem_id="sidebar-footer", apply_default_css=False, js_on_load=None)
         with gr.Row():
+            gr.Button("Battle", link="/battle", size="sm", elem_id="battle")
             gr.Button("Leaderboard", link="/leaderboard", size="sm", elem_id="leaderboard")
             gr.Button("Account", link="/account", size="sm", elem_id="account")
             gr.Button("Log out", link="/logout", size="sm", elem_id="logout")
