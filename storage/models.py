@@ -255,6 +255,8 @@ class Battle(Base):
     __table_args__ = (
         Index("ix_battles_user_created", "user_id", "created_at"),
         Index("ix_battles_voted", "voted_at"),
+        Index("ix_battles_conversation_a", "conversation_a"),
+        Index("ix_battles_conversation_b", "conversation_b"),
     )
 
     id: Mapped[str] = mapped_column(String(BATTLE_ID_MAX), primary_key=True)

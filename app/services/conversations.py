@@ -12,6 +12,11 @@ from app.services.state import ServiceState
 from storage.errors import InvalidInput, NotFound, SearchTooSlow
 from storage.repository import ConversationRecord, ConversationSummary
 
+BLIND_CHAT = (
+    "This chat is one side of a blind battle you have not voted on yet: go on or vote on the battle "
+    "page (the models stay hidden until your vote)."
+)
+
 
 class ConversationsMixin(ServiceState):
     """Reading and changing whole chats; a chat read here includes its replies still in the journal."""
@@ -45,15 +50,20 @@ class ConversationsMixin(ServiceState):
             return None
         return options_of(conversation)
 
-    async def open(self, username: str | None, conversation_id: str) -> ConversationRecord:
+    async def open(self, username: str | None, conversation_id: str, *, in_battle: bool = False) -> ConversationRecord:
+        """One's own chat; a side of a blind battle not voted on yet only for the battle page
+        (its model would show, and Retry or an edit would change what is being judged)."""
         user_id = await self.user_id(username)
         if not isinstance(conversation_id, str) or not conversation_id:
             raise ConversationNotFound()
         try:
             with database_faults(CANNOT_READ):
                 conversation = await self.repository.get_conversation(user_id, conversation_id)
+                blind = not in_battle and await self.repository.in_open_battle(user_id, conversation_id)
         except NotFound:
             raise ConversationNotFound() from None
+        if blind:
+            raise ChatError(BLIND_CHAT)
         return with_pending(conversation, self.journal.pending_for(conversation.id))
 
     async def _settle(self, conversation_id: str) -> None:

@@ -105,7 +105,7 @@ class RepliesMixin(JudgmentsMixin):
         user_id = await self.user_id(username)
         text = check_message_text(text, self.max_input_chars)
         params = options.sampling(self.max_new_tokens)
-        conversation = await self.open(username, conversation_id) if conversation_id else None
+        conversation = await self.open(username, conversation_id, in_battle=options.battle) if conversation_id else None
         model = self._model_for(conversation, options.model)
         await self._admit(username, conversation, model)
         history, user_ids, new_messages = self._outgoing(

@@ -33,6 +33,8 @@ class ChatOptions:
     # the model picked on the page: a new chat's model, or another one for a chat whose model is
     # gone (or to switch); "" keeps the chat's own model (the default for a new chat)
     model: str = ""
+    # sent from the battle page: the one place a chat of a battle not voted on yet may be used
+    battle: bool = False
 
     def sampling(self, max_allowed: int) -> SamplingParams:
         for name, value in (("Temperature", self.temperature), ("Top p", self.top_p),

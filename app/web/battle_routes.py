@@ -56,6 +56,7 @@ def side_options(registry: ModelRegistry, name: str, max_new_tokens: int) -> Cha
         top_p=0.9 if defaults.top_p is None else defaults.top_p,
         max_new_tokens=min(defaults.max_new_tokens or 256, max_new_tokens),
         model=name,
+        battle=True,
     )
 
 

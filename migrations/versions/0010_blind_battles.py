@@ -3,7 +3,7 @@
 One row per battle: who rated, which model was shown on which side, each side's chat
 (NULL once deleted: the vote keeps its own copy of both sides in ``sides``), the vote
 and when, and why the battle was not blind if a reply named a model (``flag``).
-Indexed for a tester's own battles, newest first, and for the leaderboard's "since".
+Indexed for a tester's own battles, newest first, the leaderboard's "since", and each side's chat.
 
 Revision ID: 0010
 Revises: 0009
@@ -44,6 +44,10 @@ def create_battles() -> None:
     )
     op.create_index("ix_battles_user_created", "battles", ["user_id", "created_at"])
     op.create_index("ix_battles_voted", "battles", ["voted_at"])
+    # "is this chat one side of a battle not voted on yet?" on every opening of a chat, and
+    # deleting a chat sets its battle's side to NULL: both found by index, not by a scan
+    op.create_index("ix_battles_conversation_a", "battles", ["conversation_a"])
+    op.create_index("ix_battles_conversation_b", "battles", ["conversation_b"])
 
 
 def upgrade() -> None:
@@ -51,6 +55,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_battles_conversation_b", table_name="battles")
+    op.drop_index("ix_battles_conversation_a", table_name="battles")
     op.drop_index("ix_battles_voted", table_name="battles")
     op.drop_index("ix_battles_user_created", table_name="battles")
     op.drop_table("battles")

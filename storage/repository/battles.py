@@ -129,6 +129,20 @@ class BattleStore(RepositoryBase):
                 .values(flag=flag[:BATTLE_FLAG_MAX])
             )
 
+    async def in_open_battle(self, user_id: int, conversation_id: str) -> bool:
+        """Whether the chat is one side of a battle of this user that has no vote yet."""
+        async with self.database.reader() as session:
+            found = await session.scalar(
+                select(Battle.id)
+                .where(
+                    Battle.user_id == user_id,
+                    Battle.winner.is_(None),
+                    (Battle.conversation_a == conversation_id) | (Battle.conversation_b == conversation_id),
+                )
+                .limit(1)
+            )
+            return found is not None
+
     async def list_battles(self, user_id: int) -> list[BattleRecord]:
         """A rater's own battles, newest first."""
         async with self.database.reader() as session:

@@ -135,3 +135,10 @@ def test_a_vote_before_both_replies_is_refused_and_a_foreign_post_too(server):
     assert empty.status_code == 200  # the refusal travels in the stream, per side, in words
     assert "error" in empty.text
     assert battles_of(server, "other")[0].winner is None
+    # until the vote, each side stays on the battle page: opened elsewhere it would show its model
+    side = httpx.get(server.url + f"export/{battle.conversation_a}", cookies=cookies, timeout=30)
+    assert side.status_code == 400 and "one side of a blind battle you have not voted on yet" in side.text
+    assert httpx.post(server.url + f"battle/{battle.id}/vote", data={"choice": "tie"}, cookies=cookies,
+                      timeout=30).status_code == 200
+    side = httpx.get(server.url + f"export/{battle.conversation_a}", cookies=cookies, timeout=30)
+    assert side.status_code == 200 and side.json()["conversations"][0]["model"] == battle.model_a
