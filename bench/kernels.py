@@ -3,7 +3,7 @@
 Prints, after the CPU and torch's capability:
   (1) a micro-benchmark of one linear at the engine's shapes (SmolLM2-135M's 576x576,
       576->1536, 1536->576 projections and the 49152x576 output head; 1-64 rows):
-      the packed fp32 oneDNN linear, the packed bf16 one, and dynamic int8
+      the engine's packed fp32 layer, its packed bf16 layer, and dynamic int8
       (``quantize_dynamic``, x86 engine) for comparison, calls interleaved, the
       fastest of many calls each (the machine is shared: minimums are what is stable);
   (2) tokens/s of the engine on fp32 and on bf16 linears, the throughput benchmark's
@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from app.config import Settings
 from app.engine.batcher import Engine
-from app.engine.fast_linear import PACK_BATCH_HINT, pack_linear_layers
+from app.engine.fast_linear import PackedBf16Linear, PackedLinear, pack_linear_layers
 from app.engine.loading import LoadedModel, load_model
 from app.engine.params import SamplingParams
 from bench.throughput import TOPICS, chat_prompt, describe_machine, make_prompts, run_engine
@@ -58,21 +58,14 @@ ASKS = [
 
 
 def linear_candidates(in_features: int, out_features: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """The same random weight as a packed fp32, a packed bf16 and a dynamic int8 linear."""
+    """The same random weight as the engine's fp32 and bf16 layers (casts and all) and a dynamic int8 linear."""
     linear = nn.Linear(in_features, out_features, bias=False)
     nn.init.normal_(linear.weight, std=0.05)
-    weight = linear.weight.detach()
-    fp32 = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT)
-    bf16 = torch.ops.mkldnn._reorder_linear_weight(weight.to(torch.bfloat16), PACK_BATCH_HINT)
     torch.backends.quantized.engine = "x86"
     with warnings.catch_warnings():  # torch.ao's eager quantization announces its move to torchao
         warnings.simplefilter("ignore")
         int8 = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)
-    return {
-        "fp32": lambda x: torch.ops.mkldnn._linear_pointwise(x, fp32, None, "none", [], ""),
-        "bf16": lambda x: torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), bf16, None, "none", [], "").float(),
-        "int8": int8,
-    }
+    return {"fp32": PackedLinear(linear), "bf16": PackedBf16Linear(linear), "int8": int8}
 
 
 def micro(calls: int) -> None:
