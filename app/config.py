@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.engine.cpu_features import KERNELS, has_native_bf16
+
 DEFAULT_MODEL = "smollm2"
 
 
@@ -54,6 +56,7 @@ class Settings:
     signup_limit: int = 5  # accounts per client address per 10 minutes (open sign-up)
     threads: int = 0
     fast_kernels: bool = True
+    kernels: str = "fp32"  # "bf16": the linears' matmuls in bf16 (opt-in, lossy; see README)
     # the embedded engine in a process of its own, so the page's work cannot hold the model back
     # through the interpreter lock (False: a thread of the web process, as before issue 24)
     engine_process: bool = True
@@ -90,6 +93,8 @@ class Settings:
         prefill_share = _float(env, "CHAT_PREFILL_SHARE", 0.5)
         if not 0.0 < prefill_share < 1.0:
             raise SystemExit(f"CHAT_PREFILL_SHARE must be between 0 and 1 (exclusive), not {prefill_share}")
+        fast_kernels = _flag(env, "CHAT_FAST_KERNELS", True)
+        kernels = _kernels(env, fast_kernels)
         return cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -106,7 +111,8 @@ class Settings:
             signup=signup,
             signup_limit=_int(env, "CHAT_SIGNUP_LIMIT", 5),
             threads=_int(env, "CHAT_THREADS", 0),
-            fast_kernels=_flag(env, "CHAT_FAST_KERNELS", True),
+            fast_kernels=fast_kernels,
+            kernels=kernels,
             engine_process=_flag(env, "CHAT_ENGINE_PROCESS", True),
             kv_cache_mb=_float(env, "CHAT_KV_CACHE_MB", 2048.0),
             prefill_chunk=_int(env, "CHAT_PREFILL_CHUNK", 0),
@@ -124,6 +130,21 @@ class Settings:
             models_file=Path(env["CHAT_MODELS"].strip()).expanduser() if (env.get("CHAT_MODELS") or "").strip()
             else None,
         )
+
+
+def _kernels(env: Mapping[str, str], fast_kernels: bool) -> str:
+    """``CHAT_KERNELS``, refused at start (with the reason) where it could not run as asked."""
+    kernels = (env.get("CHAT_KERNELS") or "fp32").strip().lower()
+    if kernels not in KERNELS:
+        raise SystemExit(f"CHAT_KERNELS must be 'fp32' or 'bf16', not {kernels!r}")
+    if kernels == "bf16" and not fast_kernels:
+        raise SystemExit("CHAT_KERNELS=bf16 runs on the packed oneDNN kernels: it needs CHAT_FAST_KERNELS on")
+    if kernels == "bf16" and not has_native_bf16():
+        raise SystemExit(
+            "CHAT_KERNELS=bf16 needs a CPU with AVX512_BF16 or AMX (this one has neither, so bf16 would be "
+            "slower than fp32): use CHAT_KERNELS=fp32"
+        )
+    return kernels
 
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:

@@ -242,12 +242,12 @@ def main() -> None:
     parts = set(args.only.split(","))
     settings = Settings.from_env()
     loaded = load_model(settings.model, settings.cache_dir, settings.threads)
-    packed = pack_linear_layers(loaded.model)
+    packed = pack_linear_layers(loaded.model, settings.kernels)
     form = PromptFormat(loaded.tokenizer, loaded.eos_token_ids, loaded.context_length)
     rng = random.Random(args.seed)
     print(describe_machine())
-    print(f"model {loaded.name}, {torch.get_num_threads()} threads, {packed} linears on packed kernels, "
-          f"default prefill chunk {PREFILL_CHUNK}")
+    print(f"model {loaded.name}, {torch.get_num_threads()} threads, {packed} linears on packed "
+          f"{settings.kernels} kernels, default prefill chunk {PREFILL_CHUNK}")
 
     if "ttft" in parts:
         fresh, hit, history = asyncio.run(second_turn_ttft(loaded, form, 2048, rng))

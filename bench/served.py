@@ -219,7 +219,7 @@ def main() -> None:
     settings = Settings.from_env()
     # loaded and packed as the server does it, from the cache the test servers use
     loaded = load_model(args.model, MODEL_CACHE, settings.threads)
-    packed = pack_linear_layers(loaded.model) if settings.fast_kernels else 0
+    packed = pack_linear_layers(loaded.model, settings.kernels) if settings.fast_kernels else 0
     print(describe_machine())
     print(f"model {loaded.name} ({packed} linears on packed kernels), greedy, repetition penalty "
           f"{PAGE_REPETITION_PENALTY}, {args.new_tokens} new tokens per reply, testers {crowds}")

@@ -189,7 +189,7 @@ def main() -> None:
 
     # (a) runs the tutorial's code on the stock model, before our engine touches it
     seq_time, seq_ttft = run_sequential(loaded, prompts, arrivals, args.new_tokens)
-    packed = 0 if args.stock_kernels else pack_linear_layers(loaded.model)
+    packed = 0 if args.stock_kernels else pack_linear_layers(loaded.model, settings.kernels)
     engine_time, engine_ttft, steps = asyncio.run(
         run_engine(loaded, prompts, arrivals, args.new_tokens, args.max_batch_size)
     )
@@ -199,7 +199,7 @@ def main() -> None:
           f"p95 {percentile(seq_ttft, .95):6.2f} s   ({seq_time:.1f} s)")
     print(f"(b) batching engine:     {engine_tps:7.1f} tok/s   TTFT p50 {percentile(engine_ttft, .5):6.2f} s  "
           f"p95 {percentile(engine_ttft, .95):6.2f} s   ({engine_time:.1f} s, {steps} decode steps, "
-          f"{packed} linears on packed oneDNN kernels)")
+          f"{packed} linears on packed oneDNN kernels, {settings.kernels})")
     if packed and args.split_gains:
         # how much of (b)/(a) is batching and how much the kernels: (a) again on packed kernels
         kernel_time, _ = run_sequential(loaded, prompts, arrivals, args.new_tokens)

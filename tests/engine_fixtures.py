@@ -36,6 +36,19 @@ def tiny_llama_packed(tiny_llama: LoadedModel) -> LoadedModel:
     return packed
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_bf16(tiny_llama: LoadedModel) -> LoadedModel:
+    """A copy of ``tiny_llama`` on the opt-in lossy kernels (``CHAT_KERNELS=bf16``)."""
+    from app.engine.cpu_features import has_native_bf16
+
+    if not has_native_bf16():
+        pytest.skip("this CPU has no AVX512_BF16 or AMX: the bf16 kernels are refused here")
+    lossy = copy.deepcopy(tiny_llama)
+    if pack_linear_layers(lossy.model, "bf16") == 0:
+        pytest.skip("oneDNN packed linears are not available on this machine")
+    return lossy
+
+
 @pytest.fixture
 def fresh_tiny_llama(tiny_llama_dir: Path) -> LoadedModel:
     """Its own instance of the tiny Llama, for tests that put hooks on the model."""

@@ -32,7 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from app.engine.batcher import Engine, EngineBusy, EngineStopped, InvalidPrompt, PromptTooLong
-from app.engine.fast_linear import pack_linear_layers
+from app.engine.fast_linear import KernelsUnavailable, pack_linear_layers
 from app.engine.loading import LoadedModel, ModelLoadError, load_model
 from app.engine.params import SamplingParams
 from app.engine.process_wire import (
@@ -72,8 +72,8 @@ def load_for_engine(config: EngineProcessConfig) -> LoadedModel:
     """The model as ``serve()`` loads it for the in-process engine: weights, then prepacked linears."""
     loaded = load_model(config.model, config.cache_dir, config.threads)
     if config.fast_kernels:
-        packed = pack_linear_layers(loaded.model)
-        log.info("%d linear layers on prepacked oneDNN kernels", packed)
+        packed = pack_linear_layers(loaded.model, config.kernels)
+        log.info("%d linear layers on prepacked oneDNN kernels (%s)", packed, config.kernels)
     return loaded
 
 
@@ -84,7 +84,7 @@ async def _serve(conn: Connection, config: EngineProcessConfig) -> None:
     try:
         loaded = await asyncio.to_thread(load_for_engine, config)
         engine = Engine(loaded, **config.engine_kwargs)
-    except ModelLoadError as error:
+    except (ModelLoadError, KernelsUnavailable) as error:
         relay.send((FAILED, str(error)))
         return
     except Exception as error:  # anything else: the web process gets one sentence, the log the traceback

@@ -82,6 +82,7 @@ class EngineSettings(Protocol):
     cache_dir: Any
     threads: int
     fast_kernels: bool
+    kernels: str
     max_batch_size: int
     max_queue: int
     prefill_chunk: int
@@ -97,6 +98,7 @@ def engine_process_config(settings: EngineSettings) -> EngineProcessConfig:
         cache_dir=settings.cache_dir,
         threads=settings.threads,
         fast_kernels=settings.fast_kernels,
+        kernels=settings.kernels,
         engine_kwargs={
             "max_batch_size": settings.max_batch_size,
             "max_queue": settings.max_queue,

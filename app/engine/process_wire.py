@@ -39,6 +39,7 @@ class EngineProcessConfig:
     cache_dir: Path
     threads: int = 0
     fast_kernels: bool = True
+    kernels: str = "fp32"  # the packed linears' arithmetic: "fp32" (exact) or "bf16" (opt-in, lossy)
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 

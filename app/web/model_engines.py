@@ -128,9 +128,13 @@ def _prepare_one(settings: Settings, entry: ModelEntry, started: list[ProcessEng
         return PreparedModel(entry, loaded, engine)
     loaded = load_model(own.model, own.cache_dir, own.threads)
     if settings.fast_kernels:
-        from app.engine.fast_linear import pack_linear_layers
+        from app.engine.fast_linear import KernelsUnavailable, pack_linear_layers
 
-        log.info("%d linear layers on prepacked oneDNN kernels", pack_linear_layers(loaded.model))
+        try:
+            packed = pack_linear_layers(loaded.model, own.kernels)
+        except KernelsUnavailable as error:  # config checked the CPU; this is a torch without oneDNN bf16
+            raise ModelLoadError(f"CHAT_KERNELS={own.kernels}: {error}") from error
+        log.info("%d linear layers on prepacked oneDNN kernels (%s)", packed, own.kernels)
     return PreparedModel(entry, loaded, build_engine(own, loaded))
 
 
