@@ -19,6 +19,7 @@ from tests.models import SERVER_CONTEXT, build_tiny_llama
 from tests.page_client import PASSWORD, bubble_texts, client_for, message_count, send, stored
 from tests.support import PYTHON, ROOT, add_user, login_cookies, running_server
 
+METRICS_TOKEN = "models-metrics-token"
 MODELS = """
 [[models]]
 name = "tiny-a"
@@ -60,7 +61,9 @@ def models_server(tmp_path_factory):
     models = models_file(root)
     data = root / "data"
     data.mkdir()
-    with running_server(data, "smollm2", CHAT_MODELS=str(models), CHAT_THREADS="1") as server:
+    with running_server(
+        data, "smollm2", CHAT_MODELS=str(models), CHAT_THREADS="1", CHAT_METRICS_TOKEN=METRICS_TOKEN
+    ) as server:
         add_user(data, "tess", PASSWORD)
         yield server
 
@@ -102,6 +105,15 @@ def test_every_entry_is_served_each_embedded_model_in_its_own_process(models_ser
     rows = listing.stdout.splitlines()[2:]
     assert [row.split()[0] for row in rows] == ["tiny-a", "tiny-b", "tiny-a-warm"]
     assert all(row.endswith("answers (served now)") for row in rows)
+
+
+def test_metrics_show_each_engine_once_under_its_model(models_server):
+    scrape = httpx.get(
+        models_server.url + "metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30
+    ).text
+    up = sorted(line for line in scrape.splitlines() if line.startswith("chat_engine_up{"))
+    # two engines (the variant runs on tiny-a's), each up
+    assert up == ['chat_engine_up{model="tiny-a"} 1.0', 'chat_engine_up{model="tiny-b"} 1.0']
 
 
 def test_a_model_that_dies_is_shown_unavailable_and_the_default_keeps_serving(models_server):
