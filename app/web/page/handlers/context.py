@@ -76,17 +76,16 @@ class PageContext:
             page.max_new_tokens: max(1, min(int(options.max_new_tokens), self.max_new_tokens)),
         }
 
-    def model_control(self, value: str) -> Any:
-        """The model control set to ``value``; with several models, its choices say which are down now
-        (a model whose engine takes nothing: a dead engine process, an inference server gone)."""
-        models = self.service.models
-        if len(models) < 2:
-            return value
+    def model_control(self, value: str) -> Updates:
+        """The model control set to ``value``, its choices saying which models are down now (a dead engine
+        process, an inference server gone); nothing with one model (the control is not on the page)."""
+        if not self.page.model_boxes:
+            return {}
         choices = [
             (model.label if model.engine.stats().accepting else f"{model.label} (unavailable)", model.name)
-            for model in models
+            for model in self.service.models
         ]
-        return gr.update(value=value, choices=choices)
+        return {self.page.model_choice: gr.update(value=value, choices=choices)}
 
     def chat_model(self, conversation: ConversationRecord | None) -> tuple[str, str]:
         """The model control's value for this chat (None: a new one, the default) and, when its model is

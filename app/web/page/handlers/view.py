@@ -34,14 +34,14 @@ class ViewHandlers:
             return {
                 page.chatbot: [], page.conversation_state: None, page.status: "",
                 **self.context.buttons(False, False), **self.context.chat_settings(None),
-                page.model_choice: self.context.model_control(model),
+                **self.context.model_control(model),
             }
         live = self.context.service.live_text(conversation)
         return {
             page.chatbot: conversation_bubbles(conversation, live), page.conversation_state: conversation.id,
             page.status: note, **self.context.buttons(live is not None, has_exchange(conversation)),
             **self.context.chat_settings(options_of(conversation)),
-            page.model_choice: self.context.model_control(model),
+            **self.context.model_control(model),
         }
 
     async def on_model_picked(self, model: str | None, conversation_id: str | None, request: gr.Request) -> Updates:
