@@ -226,6 +226,27 @@ def parse_registry(data: Mapping[str, Any]) -> ModelRegistry:
 
 def _entry(position: int, table: object) -> ModelEntry:
     """One ``[[models]]`` table checked on its own (its base is checked once all are read)."""
+    name, table = _checked_name(position, table)
+    _check_keys(name, table)
+    _check_place(name, table)
+    protocol = _checked_protocol(name, table) if "url" in table else None
+    return ModelEntry(
+        name=name,
+        label=(table.get("label") or name).strip() or name,
+        source=table.get("source"),
+        url=table["url"].rstrip("/") if "url" in table else None,
+        protocol=protocol,
+        tokenizer=table.get("tokenizer", DEFAULT_TOKENIZER) if "url" in table else None,
+        served_model=table.get("served_model"),
+        base=table.get("base"),
+        defaults=_defaults(name, table),
+        arena=_arena(name, table),
+        aliases=_aliases(name, table),
+    )
+
+
+def _checked_name(position: int, table: object) -> tuple[str, dict[str, Any]]:
+    """The entry's name (and the entry as a table): every later sentence names the entry by it."""
     if not isinstance(table, dict):
         raise RegistryError(f"entry {position} of the models file is not a table")
     name = table.get("name")
@@ -234,6 +255,11 @@ def _entry(position: int, table: object) -> ModelEntry:
             f"entry {position} of the models file needs a short name (letters, digits, '.', '_', '-'; "
             f"at most 64), not {name!r}"
         )
+    return name, table
+
+
+def _check_keys(name: str, table: Mapping[str, Any]) -> None:
+    """No key the file format does not know (a typo must not silently leave a default in place)."""
     unknown = sorted(set(table) - ENTRY_KEYS)
     if unknown:
         raise RegistryError(
@@ -242,6 +268,10 @@ def _entry(position: int, table: object) -> ModelEntry:
     for key in ("label", "source", "url", "protocol", "tokenizer", "served_model", "base", "system_prompt"):
         if key in table and not isinstance(table[key], str):
             raise RegistryError(f"model {name!r}: {key} must be a string")
+
+
+def _check_place(name: str, table: Mapping[str, Any]) -> None:
+    """Exactly one place to run: embedded (source), an inference server (url) or a variant (base)."""
     if "base" in table:
         extra = sorted(PLACE_KEYS & set(table))
         if extra:
@@ -259,26 +289,14 @@ def _entry(position: int, table: object) -> ModelEntry:
         raise RegistryError(
             f"model {name!r} runs embedded (source), so protocol, tokenizer and served_model do not apply"
         )
-    protocol = None
-    if "url" in table:
-        protocol = table.get("protocol", "llamacpp")
-        if protocol not in PROTOCOLS:
-            raise RegistryError(f"model {name!r}: protocol must be 'llamacpp' or 'openai', not {protocol!r}")
-        if not table["url"].startswith(("http://", "https://")):
-            raise RegistryError(f"model {name!r}: url must start with http:// or https://, not {table['url']!r}")
-    return ModelEntry(
-        name=name,
-        label=(table.get("label") or name).strip() or name,
-        source=table.get("source"),
-        url=table["url"].rstrip("/") if "url" in table else None,
-        protocol=protocol,
-        tokenizer=table.get("tokenizer", DEFAULT_TOKENIZER) if "url" in table else None,
-        served_model=table.get("served_model"),
-        base=table.get("base"),
-        defaults=_defaults(name, table),
-        arena=_arena(name, table),
-        aliases=_aliases(name, table),
-    )
+def _checked_protocol(name: str, table: Mapping[str, Any]) -> str:
+    """An inference server's wire format (``llamacpp`` by default, as ``CHAT_ENGINE_PROTOCOL``), and its url."""
+    protocol = table.get("protocol", "llamacpp")
+    if protocol not in PROTOCOLS:
+        raise RegistryError(f"model {name!r}: protocol must be 'llamacpp' or 'openai', not {protocol!r}")
+    if not table["url"].startswith(("http://", "https://")):
+        raise RegistryError(f"model {name!r}: url must start with http:// or https://, not {table['url']!r}")
+    return protocol
 
 
 def _arena(name: str, table: Mapping[str, Any]) -> bool:

@@ -144,6 +144,29 @@ def tiny_team_server(tmp_path_factory, label: str, testers: Sequence[str], passw
         yield process
 
 
+def two_tiny_models_file(root: Path, text: str) -> Path:
+    """A models file (``text`` with ``{a}`` and ``{b}``) over two tiny Llamas of different random weights."""
+    a = build_tiny_llama(root / "tiny-a", max_positions=SERVER_CONTEXT, seed=0)
+    b = build_tiny_llama(root / "tiny-b", max_positions=SERVER_CONTEXT, seed=1)
+    path = root / "models.toml"
+    path.write_text(text.format(a=a, b=b), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def two_model_server(tmp_path_factory, label: str, text: str, testers: Sequence[str], password: str
+                     ) -> Iterator[ServerProcess]:
+    """A server offering the models of ``text`` (see ``two_tiny_models_file``), each engine on one thread."""
+    root = tmp_path_factory.mktemp(label)
+    models = two_tiny_models_file(root, text)
+    data = root / "data"
+    data.mkdir()
+    with running_server(data, "smollm2", CHAT_MODELS=str(models), CHAT_THREADS="1") as process:
+        for name in testers:
+            add_user(data, name, password)
+        yield process
+
+
 async def read_stored(database_url: str, username: str, conversation_id: str):
     """A chat as the database holds it, read the way the server reads it (for assertions)."""
     from storage.database import Database

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.engine import GenerationResult
+from app.engine import ChatEngine, EngineStats, GenerationResult
 from app.services.observer import ReplyObserver
 from app.web.resources import ServerResources
 
@@ -128,40 +128,56 @@ class LiveFigures(Collector):
             errors.add_metric([reason], count)
         yield errors
 
+    def _engines(self) -> list[tuple[str, ChatEngine]]:
+        """Each engine once, labelled with the model whose weights it runs (several with CHAT_MODELS)."""
+        models = self.resources.models
+        if models is None or len(models) < 2:
+            engine = self.resources.engine
+            return [] if engine is None else [(self.model, engine)]
+        seen: dict[int, tuple[str, ChatEngine]] = {}
+        for model in models:
+            seen.setdefault(id(model.engine), (model.weights_name, model.engine))
+        return list(seen.values())
+
     def _engine_figures(self) -> Iterator[Metric]:
-        engine = self.resources.engine
-        if engine is None:
+        engines = self._engines()
+        if not engines:
             return
-        stats = engine.stats()
-        cache = stats.prefix_cache
+        figures = [(name, engine.stats()) for name, engine in engines]
 
-        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+        def gauge(name: str, text: str, value: Callable[[EngineStats], float]) -> GaugeMetricFamily:
             family = GaugeMetricFamily(name, text, labels=["model"])
-            family.add_metric([self.model], value)
+            for model, stats in figures:
+                family.add_metric([model], value(stats))
             return family
 
-        def total(name: str, text: str, value: float) -> CounterMetricFamily:
+        def total(name: str, text: str, value: Callable[[EngineStats], float]) -> CounterMetricFamily:
             family = CounterMetricFamily(name, text, labels=["model"])
-            family.add_metric([self.model], value)
+            for model, stats in figures:
+                family.add_metric([model], value(stats))
             return family
 
-        yield gauge("chat_engine_up", "1 while the engine can generate.", 1 if stats.alive else 0)
-        yield gauge("chat_replies_running", "Replies admitted to the batch (prefilling or decoding).", stats.running)
-        yield gauge("chat_replies_queued", "Replies waiting for a place in the batch.", stats.waiting)
-        yield gauge("chat_batch_size", "Replies in the engine's batch now.", stats.running)
-        yield gauge("chat_batch_size_max", "The most replies one batch holds.", stats.max_batch_size)
+        yield gauge("chat_engine_up", "1 while the engine can generate.", lambda s: 1 if s.alive else 0)
+        yield gauge("chat_replies_running", "Replies admitted to the batch (prefilling or decoding).",
+                    lambda s: s.running)
+        yield gauge("chat_replies_queued", "Replies waiting for a place in the batch.", lambda s: s.waiting)
+        yield gauge("chat_batch_size", "Replies in the engine's batch now.", lambda s: s.running)
+        yield gauge("chat_batch_size_max", "The most replies one batch holds.", lambda s: s.max_batch_size)
         yield total("chat_engine_generated_tokens", "Tokens the engine generated since start.",
-                    stats.generated_tokens)
+                    lambda s: s.generated_tokens)
         yield total("chat_engine_steps", "Batched model steps since start (tokens / steps = mean batch size).",
-                    stats.steps)
-        yield total("chat_prefix_cache_lookups", "Prompts looked up in the prefix cache.", cache.lookups)
-        yield total("chat_prefix_cache_hits", "Prompts that reused cached KV.", cache.hits)
+                    lambda s: s.steps)
+        yield total("chat_prefix_cache_lookups", "Prompts looked up in the prefix cache.",
+                    lambda s: s.prefix_cache.lookups)
+        yield total("chat_prefix_cache_hits", "Prompts that reused cached KV.", lambda s: s.prefix_cache.hits)
         yield total("chat_prefix_cache_reused_tokens", "Prompt tokens whose KV came from the cache.",
-                    cache.reused_tokens)
-        yield total("chat_prefix_cache_evictions", "Cache entries evicted for room.", cache.evictions)
-        yield gauge("chat_prefix_cache_bytes", "Memory the prefix cache holds.", cache.bytes_used)
-        yield gauge("chat_prefix_cache_budget_bytes", "The prefix cache's memory budget.", cache.budget_bytes)
-        yield gauge("chat_prefix_cache_entries", "Prefixes held in the cache.", cache.entries)
+                    lambda s: s.prefix_cache.reused_tokens)
+        yield total("chat_prefix_cache_evictions", "Cache entries evicted for room.",
+                    lambda s: s.prefix_cache.evictions)
+        yield gauge("chat_prefix_cache_bytes", "Memory the prefix cache holds.", lambda s: s.prefix_cache.bytes_used)
+        yield gauge("chat_prefix_cache_budget_bytes", "The prefix cache's memory budget.",
+                    lambda s: s.prefix_cache.budget_bytes)
+        yield gauge("chat_prefix_cache_entries", "Prefixes held in the cache.", lambda s: s.prefix_cache.entries)
 
 
 def build_metrics_router(metrics: ServerMetrics, token: str) -> APIRouter:

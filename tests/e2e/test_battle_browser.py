@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from tests.browser import ARTIFACTS, CHROMIUM, PHONE, browser_pages, wait_for
-from tests.models import SERVER_CONTEXT, build_tiny_llama
-from tests.support import add_user, browser_login, login_cookies, running_server
+from tests.support import browser_login, login_cookies, two_model_server
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed (apt-get install chromium)")
 
@@ -37,16 +36,7 @@ max_new_tokens = 12
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("battle-browser")
-    a = build_tiny_llama(root / "tiny-a", max_positions=SERVER_CONTEXT, seed=0)
-    b = build_tiny_llama(root / "tiny-b", max_positions=SERVER_CONTEXT, seed=1)
-    models = root / "models.toml"
-    models.write_text(MODELS.format(a=a, b=b), encoding="utf-8")
-    data = root / "data"
-    data.mkdir()
-    with running_server(data, "smollm2", CHAT_MODELS=str(models), CHAT_THREADS="1") as process:
-        add_user(data, "rater", PASSWORD)
-        add_user(data, "other", PASSWORD)
+    with two_model_server(tmp_path_factory, "battle-browser", MODELS, ["rater", "other"], PASSWORD) as process:
         yield process
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.browser import (
@@ -27,7 +30,7 @@ from tests.browser import (
     wait_until_settled,
 )
 from tests.models import SERVER_CONTEXT, build_tiny_llama
-from tests.support import add_user, read_stored, running_server
+from tests.support import add_user, read_stored, running_server, two_model_server
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed (apt-get install chromium)")
 
@@ -53,15 +56,7 @@ temperature = 1.25
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models-browser")
-    a = build_tiny_llama(root / "tiny-a", max_positions=SERVER_CONTEXT, seed=0)
-    b = build_tiny_llama(root / "tiny-b", max_positions=SERVER_CONTEXT, seed=1)
-    models = root / "models.toml"
-    models.write_text(MODELS.format(a=a, b=b), encoding="utf-8")
-    data = root / "data"
-    data.mkdir()
-    with running_server(data, "smollm2", CHAT_MODELS=str(models), CHAT_THREADS="1") as process:
-        add_user(data, "picker", PASSWORD)
+    with two_model_server(tmp_path_factory, "models-browser", MODELS, ["picker"], PASSWORD) as process:
         yield process
 
 
@@ -132,6 +127,28 @@ def test_picking_a_variant_fills_in_its_temperature(server, pages):
     assert record.model == "tiny-a-warm"
     assert [(m.model, m.variant) for m in record.messages] == [("tiny-a", "tiny-a-warm")] * 2
     assert record.messages[0].params["temperature"] == 1.25
+
+
+def test_a_model_that_is_down_is_marked_in_the_control_and_refused_with_its_sentence(server, pages):
+    pid = httpx.get(server.url + "healthz", timeout=30).json()["models"]["tiny-b"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not httpx.get(server.url + "healthz", timeout=30).json()["models"]["tiny-b"]["healthy"])
+    page = pages()
+    log_in(page, server.url, "picker", PASSWORD)
+    page.locator("#model-choice input").click()
+    page.get_by_role("option", name="Tiny B (unavailable)", exact=True).click()
+    send(page, "Hello while B is down")
+    status = page.locator("#status")
+    wait_for(lambda: "The model Tiny B is unavailable right now" in status.inner_text())
+    assert page.locator("#message textarea").input_value() == "Hello while B is down"  # nothing lost
+    wait_for(lambda: page.locator("#send").is_visible())  # Send is back: nothing is being written
+    page.screenshot(path=ARTIFACTS / "models-3-unavailable.png")
+    # the engine process is started again; the next page shows it available
+    wait_for(lambda: httpx.get(server.url + "healthz", timeout=30).json()["models"]["tiny-b"]["healthy"], 120)
+    page.goto(server.url)
+    wait_until_loaded(page)
+    page.locator("#model-choice input").click()
+    page.get_by_role("option", name="Tiny B", exact=True).wait_for(timeout=10_000)
 
 
 def test_on_a_phone_the_model_control_is_in_the_chat_list(server, pages):

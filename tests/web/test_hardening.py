@@ -174,7 +174,7 @@ def test_her_own_page_keeps_working_and_an_unknown_event_is_a_4xx(server):
     assert 400 <= unknown.status_code < 500, unknown.text
     fn_index = send_fn_index(server, cookies)
     joined = httpx.post(server.url + "gradio_api/queue/join", cookies=cookies, json={
-        "data": ["hello", "", "", 0.7, 0.9, 4, "", None], "fn_index": fn_index, "session_hash": session,
+        "data": ["hello", "", "", 0.7, 0.9, 4, ""], "fn_index": fn_index, "session_hash": session,
         "event_data": None})
     assert joined.status_code == 200, joined.text
     completed = None

@@ -17,8 +17,9 @@ import pytest
 
 from tests.models import SERVER_CONTEXT, build_tiny_llama
 from tests.page_client import PASSWORD, bubble_texts, client_for, message_count, send, stored
-from tests.support import PYTHON, ROOT, add_user, login_cookies, running_server
+from tests.support import PYTHON, ROOT, add_user, login_cookies, running_server, two_tiny_models_file
 
+METRICS_TOKEN = "models-metrics-token"
 MODELS = """
 [[models]]
 name = "tiny-a"
@@ -40,11 +41,7 @@ temperature = 1.2
 
 def models_file(root: Path, text: str = MODELS) -> Path:
     """The models file over two tiny Llamas of different random weights, built once in ``root``."""
-    a = build_tiny_llama(root / "tiny-a", max_positions=SERVER_CONTEXT, seed=0)
-    b = build_tiny_llama(root / "tiny-b", max_positions=SERVER_CONTEXT, seed=1)
-    path = root / "models.toml"
-    path.write_text(text.format(a=a, b=b), encoding="utf-8")
-    return path
+    return two_tiny_models_file(root, text)
 
 
 def send_to(client, text: str, chat_id: str = "", model: str | None = None, max_new_tokens: int = 4) -> tuple:
@@ -54,13 +51,20 @@ def send_to(client, text: str, chat_id: str = "", model: str | None = None, max_
     return job.result()
 
 
+def control_value(output) -> str:
+    """The model control's value as an API client receives it (a bare value, or an update with choices)."""
+    return output["value"] if isinstance(output, dict) else output
+
+
 @pytest.fixture(scope="module")
 def models_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("models-server")
     models = models_file(root)
     data = root / "data"
     data.mkdir()
-    with running_server(data, "smollm2", CHAT_MODELS=str(models), CHAT_THREADS="1") as server:
+    with running_server(
+        data, "smollm2", CHAT_MODELS=str(models), CHAT_THREADS="1", CHAT_METRICS_TOKEN=METRICS_TOKEN
+    ) as server:
         add_user(data, "tess", PASSWORD)
         yield server
 
@@ -104,6 +108,15 @@ def test_every_entry_is_served_each_embedded_model_in_its_own_process(models_ser
     assert all(row.endswith("answers (served now)") for row in rows)
 
 
+def test_metrics_show_each_engine_once_under_its_model(models_server):
+    scrape = httpx.get(
+        models_server.url + "metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30
+    ).text
+    up = sorted(line for line in scrape.splitlines() if line.startswith("chat_engine_up{"))
+    # two engines (the variant runs on tiny-a's), each up
+    assert up == ['chat_engine_up{model="tiny-a"} 1.0', 'chat_engine_up{model="tiny-b"} 1.0']
+
+
 def test_a_model_that_dies_is_shown_unavailable_and_the_default_keeps_serving(models_server):
     _code, report = health(models_server)
     pid_b = report["models"]["tiny-b"]["pid"]
@@ -141,7 +154,7 @@ def test_a_new_chat_with_a_picked_model_is_written_by_it_and_exported_per_messag
     record = stored(models_server, "tess", chat_id)
     assert [(m.model, m.variant) for m in record.messages] == [("tiny-b", None)] * 4
     # reopening the chat puts its model in the page's model control (the last output of /open)
-    assert client.predict(chat_id, api_name="/open")[-1] == "tiny-b"
+    assert control_value(client.predict(chat_id, api_name="/open")[-1]) == "tiny-b"
     cookies = login_cookies(models_server.url, "tess", PASSWORD)
 
     def export(fmt: str) -> httpx.Response:
@@ -186,7 +199,7 @@ def test_a_chat_whose_model_is_gone_says_so_and_continues_with_another(tmp_path)
         client = client_for(server, "tess")
         opened = client.predict(chat_id, api_name="/open")
         assert "This chat was written by tiny-b, which this server no longer offers" in opened[2]
-        assert opened[-1] == "tiny-a"  # the model control offers the default instead
+        assert control_value(opened[-1]) == "tiny-a"  # the model control offers the default instead
         final = send_to(client, "Go on", chat_id, model="tiny-a")
         record = stored(server, "tess", chat_id)
         assert record.model == "tiny-a"

@@ -315,13 +315,13 @@ def test_bad_numbers_lone_surrogates_and_huge_searches_get_a_sentence(server):
                                                      (0.7, 0.9, float("inf"), "Max new tokens")]:
         try:
             _chatbot, box, _chat, status, _list, _rows = raw_event(
-                server, cookies, "send", ["hello", "", "", temperature, top_p, max_new_tokens, "", None])
+                server, cookies, "send", ["hello", "", "", temperature, top_p, max_new_tokens, ""])
         except ValueError as refused:  # Gradio's own range check answers first for infinities
             assert str(refused).startswith("Value ") and "inf" in str(refused), refused
             continue
         assert status.startswith(f"⚠ {what} must be a finite number"), status
         assert box == "hello"  # kept for another try
-    bad_text = ["bad \ud800 text", "", "", 0.7, 0.9, 4, "", None]
+    bad_text = ["bad \ud800 text", "", "", 0.7, 0.9, 4, ""]
     _chatbot, box, _chat, status, _list, _rows = raw_event(server, cookies, "send", bad_text)
     assert "invalid Unicode" in status and box == "bad \ufffd text"
     client = api_client(server.url, "bob", PASSWORD)

@@ -95,6 +95,12 @@ class PageComponents:
         return [self.send_button, self.stop_button, self.reply_actions]
 
     @property
+    def model_boxes(self) -> list[gr.components.Component]:
+        """The model control as an input or output of the chat events, with two or more models only: with
+        one, the events' inputs and outputs (the API of /send, /open...) stay exactly as they were."""
+        return [self.model_choice] if self.model_choice.visible else []
+
+    @property
     def settings_boxes(self) -> list[gr.components.Component]:
         """The open chat's settings, kept with it."""
         return [self.system_prompt, self.temperature, self.top_p, self.max_new_tokens]

@@ -72,7 +72,7 @@ class EventGraph:
         demo.load(
             view.on_load, [page.timezone],
             [page.greeting, page.chat_list, page.chatbot, page.conversation_state, page.status, page.more_button,
-             page.no_match, *page.buttons, *page.settings_boxes, page.chat_rows, page.model_choice],
+             page.no_match, *page.buttons, *page.settings_boxes, page.chat_rows, *page.model_boxes],
             api_name="load", js=TIMEZONE_JS,
         ).then(**self.marks_after)
         demo.unload(view.forget_page)
@@ -87,7 +87,7 @@ class EventGraph:
         ).then(**self.marks_after)
         # a row of the list: its script sends the row's chat id with the event (page_assets.CHAT_LIST_JS)
         chat_outputs = [page.chatbot, page.conversation_state, page.status, *page.buttons, *page.settings_boxes,
-                        page.model_choice]
+                        *page.model_boxes]
         page.chat_rows.open_chat(lists.picked_chat, None, [page.conversation_state], **QUICK).then(
             view.on_select, [page.conversation_state], chat_outputs, api_name="open", show_progress="hidden",
         ).then(**self.marks_after)
@@ -118,7 +118,7 @@ class EventGraph:
         page.more_button.click(lists.on_more, [page.search, page.conversation_state], list_outputs, api_name=False)
         page.theme_button.click(None, None, None, js=TOGGLE_THEME_JS)
         new_chat_outputs = [page.chatbot, page.conversation_state, page.chat_list, page.status, *page.buttons,
-                            *page.settings_boxes, page.model_choice]
+                            *page.settings_boxes, *page.model_boxes]
         # picking a model fills in the settings it sets (a variant's temperature, a new chat's system prompt)
         page.model_choice.input(self.handlers.view.on_model_picked, [page.model_choice, page.conversation_state],
                                 [*page.settings_boxes, page.status], **QUICK)
@@ -138,7 +138,7 @@ class EventGraph:
         reply_outputs = [page.chatbot, page.conversation_state, page.status, page.chat_list, page.chat_rows]
         streaming: dict[str, Any] = {"show_progress": "hidden", "trigger_mode": "multiple",
                                      "concurrency_id": REPLY_EVENTS}
-        send_inputs = [page.message, page.conversation_state, *page.settings_boxes, page.search, page.model_choice]
+        send_inputs = [page.message, page.conversation_state, *page.settings_boxes, page.search, *page.model_boxes]
         send_outputs = [page.chatbot, page.message, page.conversation_state, page.status, page.chat_list,
                         page.chat_rows]
         # Enter in the message box clicks Send (see page_assets.PAGE_JS); "multiple": a reply
@@ -151,7 +151,7 @@ class EventGraph:
         page.retry_button.click(
             reply.on_retry,
             [page.conversation_state, page.temperature, page.top_p, page.max_new_tokens, page.search,
-             page.model_choice],
+             *page.model_boxes],
             reply_outputs, api_name="retry", **streaming,
         ).then(self.end_reply, None, after_reply, api_name=False, show_progress="hidden")
         edit_settings = [page.temperature, page.top_p, page.max_new_tokens, page.search]

@@ -76,6 +76,17 @@ class PageContext:
             page.max_new_tokens: max(1, min(int(options.max_new_tokens), self.max_new_tokens)),
         }
 
+    def model_control(self, value: str) -> Updates:
+        """The model control set to ``value``, its choices saying which models are down now (a dead engine
+        process, an inference server gone); nothing with one model (the control is not on the page)."""
+        if not self.page.model_boxes:
+            return {}
+        choices = [
+            (model.label if model.engine.stats().accepting else f"{model.label} (unavailable)", model.name)
+            for model in self.service.models
+        ]
+        return {self.page.model_choice: gr.update(value=value, choices=choices)}
+
     def chat_model(self, conversation: ConversationRecord | None) -> tuple[str, str]:
         """The model control's value for this chat (None: a new one, the default) and, when its model is
         no longer offered (with several offered), the sentence saying so and what the next message does."""

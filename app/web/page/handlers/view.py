@@ -33,13 +33,15 @@ class ViewHandlers:
         if conversation is None:
             return {
                 page.chatbot: [], page.conversation_state: None, page.status: "",
-                **self.context.buttons(False, False), **self.context.chat_settings(None), page.model_choice: model,
+                **self.context.buttons(False, False), **self.context.chat_settings(None),
+                **self.context.model_control(model),
             }
         live = self.context.service.live_text(conversation)
         return {
             page.chatbot: conversation_bubbles(conversation, live), page.conversation_state: conversation.id,
             page.status: note, **self.context.buttons(live is not None, has_exchange(conversation)),
-            **self.context.chat_settings(options_of(conversation)), page.model_choice: model,
+            **self.context.chat_settings(options_of(conversation)),
+            **self.context.model_control(model),
         }
 
     async def on_model_picked(self, model: str | None, conversation_id: str | None, request: gr.Request) -> Updates:
