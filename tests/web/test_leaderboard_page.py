@@ -59,6 +59,8 @@ def test_every_tester_reads_the_board_and_strangers_are_sent_to_log_in(server):
     assert later.status_code == 200 and "No counted votes yet" in later.text
     bad = httpx.get(server.url + "leaderboard?since=last%20week", cookies=cookies)
     assert bad.status_code == 400 and "is not a date; use the form 2026-12-01" in bad.text
+    lonely = httpx.post(server.url + "battle/send", data={"text": "hi"}, cookies=cookies)  # one model offered
+    assert lonely.status_code == 400 and "at least two models in the arena pool" in lonely.json()["error"]
     stranger = httpx.get(server.url + "leaderboard", follow_redirects=False)
     assert stranger.status_code == 303 and stranger.headers["location"].startswith("/login?next=")
 
