@@ -50,7 +50,7 @@ bench: $(STAMP) llama-server
 	$(PY) bench/multiturn.py
 	$(PY) bench/backends.py
 	$(PY) bench/served.py
-	$(PY) bench/kernels.py
+	$(PY) bench/lossy_kernels.py
 
 clean-venv:
 	rm -rf $(VENV)

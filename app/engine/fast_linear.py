@@ -16,7 +16,7 @@ AVX512_BF16 dot products (twice the fp32 rate) and half the weight bytes do the
 matmul; oneDNN accumulates in fp32 and the output is rounded to bf16, then turned
 back into fp32. Only the linear layers change: norms, attention, softmax, the
 residual stream and sampling stay fp32. Greedy replies then differ from fp32 ones
-for some prompts (``bench/kernels.py`` measures how many); they still do not
+for some prompts (``bench/lossy_kernels.py`` measures how many); they still do not
 depend on the batch around a row (see ``PackedBf16Linear``).
 """
 

@@ -12,7 +12,7 @@ Prints, after the CPU and torch's capability:
   (3) agreement: 100 different prompts, 64 greedy tokens each, on both; the share of
       replies identical to fp32, and where they differ, how many tokens they share first.
 
-    python bench/kernels.py [--only micro,speed,agree] [--prompts 100] [--repeats 3]
+    python bench/lossy_kernels.py [--only micro,speed,agree] [--prompts 100] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -32,11 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# run as a script, this folder comes first on the path and this file would shadow the ``kernels``
-# package that transformers imports: the repository root takes its place
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
+# not named kernels.py: run as a script, its folder comes first on the path and would shadow the
+# ``kernels`` package that transformers imports, for every script in bench/
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.config import Settings
 from app.engine.batcher import Engine
