@@ -35,6 +35,7 @@ from storage.repository.convert import message_json
 CHOICES = {"a": A_WINS, "b": B_WINS, "tie": TIE, "both bad": BOTH_BAD}
 # a reply ended this way is not an answer to judge (Stop, a closed tab, a fault)
 UNFINISHED_ENDINGS = frozenset({"stopped", "disconnected", "error", "shutdown", "interrupted", None})
+ALREADY_VOTED = "This battle already has your vote; start a new one."
 MIN_ALIAS_CHARS = 3  # shorter names would flag ordinary words
 
 
@@ -146,7 +147,7 @@ class ArenaService:
             raise ChatError("Vote for A, B, tie or both bad.")
         battle = await self.battle(user_id, battle_id)
         if battle.winner is not None:
-            raise ChatError("This battle already has your vote; start a new one.")
+            raise ChatError(ALREADY_VOTED)
         side_a = await self._side(user_id, battle.conversation_a)
         side_b = await self._side(user_id, battle.conversation_b)
         if not (_finished(side_a) and _finished(side_b)) or _turns(side_a) != _turns(side_b):
@@ -159,7 +160,7 @@ class ArenaService:
             try:
                 voted = await self.repository.vote_battle(user_id, battle_id, winner, sides, flag)
             except Conflict:
-                raise ChatError("This battle already has your vote; start a new one.") from None
+                raise ChatError(ALREADY_VOTED) from None
         return Reveal(voted, self._label(voted.model_a), self._label(voted.model_b), voted.flag)
 
     async def _side(self, user_id: int, conversation_id: str | None) -> list[MessageRecord]:

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from app.models_registry import ModelRegistry
-from app.services.arena import ArenaService, BattleNotFound
+from app.services.arena import ALREADY_VOTED, ArenaService, BattleNotFound
 from app.services.chat import ChatService
 from app.services.errors import ChatError
 from app.services.rules import ChatOptions
@@ -89,19 +89,15 @@ def build_battle_router(
             if battle_id:
                 battle = await games.battle(user_id, battle_id)
                 if battle.winner is not None:
-                    raise ChatError("This battle already has your vote; start a new one.")
+                    raise ChatError(ALREADY_VOTED)
                 models = (battle.model_a, battle.model_b)
                 chats: tuple[str | None, str | None] = (battle.conversation_a, battle.conversation_b)
                 if None in chats:
                     raise ChatError("One side of this battle was deleted; start a new one.")
             else:
                 models, chats = await games.pick_pair(), (None, None)
-        except FormTooLarge:
-            return JSONResponse({"error": "The message is too large."}, 413)
-        except BattleNotFound as error:
-            return JSONResponse({"error": str(error)}, 404)
-        except ChatError as error:
-            return JSONResponse({"error": str(error)}, 400)
+        except (FormTooLarge, ChatError) as error:
+            return refusal(error, "message")
         text = form.get("text", "")
         streams = [
             service.send(username, chats[i], text, side_options(registry, models[i], max_new_tokens)) for i in range(2)
@@ -117,12 +113,8 @@ def build_battle_router(
             form = await read_form(request)
             _service, games, _username, user_id = await identify(request)
             reveal = await games.vote(user_id, battle_id, form.get("choice", ""))
-        except FormTooLarge:
-            return JSONResponse({"error": "The vote is too large."}, 413)
-        except BattleNotFound as error:
-            return JSONResponse({"error": str(error)}, 404)
-        except ChatError as error:
-            return JSONResponse({"error": str(error)}, 400)
+        except (FormTooLarge, ChatError) as error:
+            return refusal(error, "vote")
         return JSONResponse({
             "winner": reveal.battle.winner, "label_a": reveal.label_a, "label_b": reveal.label_b,
             "model_a": reveal.battle.model_a, "model_b": reveal.battle.model_b, "flag": reveal.flag,
@@ -183,6 +175,13 @@ async def both_sides(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def refusal(error: FormTooLarge | ChatError, what: str) -> JSONResponse:
+    """A refused send or vote as JSON with its status: too large, unknown battle, or a rule's sentence."""
+    if isinstance(error, FormTooLarge):
+        return JSONResponse({"error": f"The {what} is too large."}, 413)
+    return JSONResponse({"error": str(error)}, 404 if isinstance(error, BattleNotFound) else 400)
 
 
 def sse(payload: dict) -> str:
